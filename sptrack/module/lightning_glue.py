@@ -1,0 +1,79 @@
+"""The only places where sptrack reaches into Lightning's private loop state or trainer settings.
+
+Each function documents why no public hook does the job. Keep all such access here so a Lightning
+upgrade has one file to check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import lightning.pytorch as pl
+
+
+@dataclass
+class GradientSettings:
+    """Accumulation and clipping as the user asked the Trainer for them."""
+
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    gradient_clip_algorithm: Optional[str] = None
+
+
+def take_over_gradient_settings(trainer: "pl.Trainer") -> GradientSettings:
+    """Read the Trainer's accumulation/clipping and neutralise them on the Trainer.
+
+    Lightning refuses ``accumulate_grad_batches``/``gradient_clip_val`` for manual optimization
+    (``__verify_manual_optimization_support``), although the Module implements both exactly. The
+    check runs before any Module hook, right after the Trainer is attached, so the Module takes the
+    settings over at attachment and returns them; a Trainer already taken over returns what it
+    recorded then.
+    """
+    recorded = getattr(trainer, "_sptrack_gradient_settings", None)
+    if recorded is not None:
+        return recorded
+    requested = GradientSettings(
+        accumulate_grad_batches=int(trainer.accumulate_grad_batches),
+        gradient_clip_val=trainer.gradient_clip_val,
+        gradient_clip_algorithm=getattr(trainer, "gradient_clip_algorithm", None),
+    )
+    trainer.accumulate_grad_batches = 1
+    trainer.gradient_clip_val = None
+    trainer._sptrack_gradient_settings = requested
+    return requested
+
+
+def restore_gradient_settings(trainer: "pl.Trainer") -> None:
+    """Give the Trainer back the settings that :func:`take_over_gradient_settings` neutralised."""
+    recorded = getattr(trainer, "_sptrack_gradient_settings", None)
+    if recorded is None:
+        return
+    trainer.accumulate_grad_batches = recorded.accumulate_grad_batches
+    trainer.gradient_clip_val = recorded.gradient_clip_val
+    del trainer._sptrack_gradient_settings
+
+
+def count_optimizer_step(trainer: "pl.Trainer") -> None:
+    """Advance ``trainer.global_step`` by exactly one.
+
+    In manual optimization Lightning derives ``global_step`` from the number of
+    ``LightningOptimizer.step()`` calls, so a batch that steps two optimizers would count twice
+    (Lightning issue 17958) and one that steps none would not count. sptrack steps the raw
+    optimizers through the strategy and counts one step per accumulation boundary here, which also
+    makes ``max_steps`` and checkpoint ``global_step`` use that unit.
+    """
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    progress.increment_ready()
+    progress.increment_completed()
+
+
+def set_logging_step(trainer: "pl.Trainer", step: int) -> None:
+    """Make the metrics of the current batch go to loggers at ``step``.
+
+    Lightning's logger step (``_batches_that_stepped``) counts batches once the Trainer's
+    accumulation is neutralised; with accumulation the tracker axis must count accumulation
+    boundaries like ``global_step``. Lightning adds one after the batch, so pass ``global_step``
+    as it was before this batch's boundary.
+    """
+    trainer.fit_loop.epoch_loop._batches_that_stepped = step

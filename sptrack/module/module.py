@@ -1,0 +1,417 @@
+"""``sptrack.Module``: a LightningModule with manual optimization over several named optimizers."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+
+from sptrack.errors import ConfigError
+from sptrack.module.lightning_glue import (
+    GradientSettings,
+    count_optimizer_step,
+    restore_gradient_settings,
+    set_logging_step,
+    take_over_gradient_settings,
+)
+from sptrack.module.slots import OptimizerSlot, render_summary
+from sptrack.module.transforms import GpuTransformCache
+from sptrack.optim.assign import assign_parameters
+from sptrack.optim.config import parse_optim
+from sptrack.optim.schedulers import build_scheduler, is_plateau
+from sptrack.parallel.fsdp2 import default_parallelize_fn, is_sharded, reject_fsdp1, to_full_tensor, to_local_like
+
+#: Attributes holding modules that evaluation callbacks register; never given to main optimizers.
+CALLBACK_CONTAINERS = ("callbacks_modules", "callbacks_metrics")
+#: What a Module gets when no ``optim`` is declared.
+DEFAULT_OPTIM = {"optimizer": {"type": "AdamW", "lr": 1e-3}}
+_CHECKPOINT_KEY = "sptrack"
+
+
+def _noop_closure() -> None:
+    return None
+
+
+class Module(pl.LightningModule):
+    """A LightningModule whose training step is one backward of a joint loss and a per-optimizer step.
+
+    ``Module(forward=fn, optim={...}, backbone=net, head=mlp, ...)``: every extra keyword becomes an
+    attribute (``nn.Module`` values become registered submodules). ``fn(self, batch, stage)`` gets a
+    dict batch and a stage ('fit', 'validate', 'test', 'predict') and returns a dict; during 'fit' it
+    must hold ``loss``.
+
+    Optimization semantics, all counted over the whole run (cycles continue across epoch ends and
+    checkpoints):
+
+    * accumulation: with ``Trainer(accumulate_grad_batches=N)`` each micro-batch's loss is scaled by
+      ``1/N`` and an *accumulation boundary* happens every N micro-batches;
+    * ``trainer.global_step`` advances once per boundary, whatever the optimizers do;
+    * an optimizer with ``frequency=f`` steps at boundaries f, 2f, 3f, ... on the gradient averaged
+      over its last f boundaries (its gradients are kept until it steps, and only its own are zeroed);
+    * clipping (per-optimizer ``gradient_clip_val``/``gradient_clip_algorithm``, else the Trainer's)
+      is applied to that optimizer's parameters right before it steps, after AMP unscaling;
+    * ``interval="step"`` schedulers step each time their optimizer steps, ``"epoch"`` ones once per
+      epoch; ReduceLROnPlateau steps on its ``monitor`` metric;
+    * ``hparams/lr_<name>`` logs the lr each optimizer used, at each of its steps.
+
+    Args:
+        forward: ``fn(module, batch, stage) -> dict``; or override :meth:`forward` in a subclass.
+        hparams: saved with ``save_hyperparameters`` (and so in checkpoints and loggers).
+        parallelize_fn: ``fn(module, device_mesh)`` applied under FSDP2 (default: shard every
+            parameter-owning child except callback modules, then the root).
+        strict: raise instead of warning when trainable parameters belong to no optimizer.
+        **modules_and_attrs: submodules and attributes, including ``optim``.
+    """
+
+    def __init__(
+        self,
+        *,
+        forward: Optional[Callable] = None,
+        hparams: Optional[Mapping] = None,
+        parallelize_fn: Optional[Callable] = None,
+        strict: bool = False,
+        **modules_and_attrs: Any,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self._forward_fn = forward
+        self.parallelize_fn = parallelize_fn
+        self.strict = strict
+        for name in CALLBACK_CONTAINERS:
+            setattr(self, name, nn.ModuleDict())
+        modules_and_attrs.setdefault("optim", DEFAULT_OPTIM)
+        for name, value in modules_and_attrs.items():
+            if name in CALLBACK_CONTAINERS or name in ("forward", "trainer"):
+                raise ConfigError(name, "is reserved by sptrack.Module.", "Choose another attribute name.")
+            setattr(self, name, value)
+        if hparams is not None:
+            self.save_hyperparameters(dict(hparams))
+        self._optim_configs = parse_optim(self.optim)
+        # Fail on a bad pattern now rather than after the Trainer has started.
+        assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
+        self._slots: list[OptimizerSlot] = []
+        self._gradient_settings = GradientSettings()
+        self._micro_batches = 0
+        self._pending_grads: dict[str, torch.Tensor] = {}
+        self._gpu_transforms = GpuTransformCache()
+
+    # ------------------------------------------------------------------ attachment and set-up
+    @property
+    def trainer(self) -> "pl.Trainer":
+        """The attached Trainer (see LightningModule.trainer)."""
+        return pl.LightningModule.trainer.fget(self)
+
+    @trainer.setter
+    def trainer(self, trainer: Optional["pl.Trainer"]) -> None:
+        pl.LightningModule.trainer.fset(self, trainer)
+        if isinstance(trainer, pl.Trainer):
+            self._gradient_settings = take_over_gradient_settings(trainer)
+
+    @property
+    def accumulate_grad_batches(self) -> int:
+        """Micro-batches per accumulation boundary (the Trainer's ``accumulate_grad_batches``)."""
+        return self._gradient_settings.accumulate_grad_batches
+
+    def setup(self, stage: str) -> None:
+        """Reject FSDP1 and reset the micro-batch counter before a checkpoint may restore it."""
+        reject_fsdp1(self.trainer.strategy)
+        if stage == "fit":
+            self._micro_batches = 0
+            self._pending_grads = {}
+        self._gpu_transforms.clear()
+
+    def teardown(self, stage: str) -> None:
+        """Hand the Trainer its accumulation/clipping settings back."""
+        if self._trainer is not None:
+            restore_gradient_settings(self._trainer)
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (a device mesh exists) shard the model once with ``parallelize_fn``."""
+        mesh = self.device_mesh
+        if mesh is None or is_sharded(self):
+            return
+        (self.parallelize_fn or default_parallelize_fn)(self, mesh)
+
+    # ------------------------------------------------------------------ parameters
+    def _callback_param_ids(self) -> set[int]:
+        return {id(p) for name in CALLBACK_CONTAINERS for p in getattr(self, name).parameters()}
+
+    def named_parameters(
+        self, with_callbacks: bool = True, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """``nn.Module.named_parameters``; ``with_callbacks=False`` leaves out callback modules/metrics."""
+        items = super().named_parameters(prefix=prefix, recurse=recurse, remove_duplicate=remove_duplicate)
+        if with_callbacks:
+            yield from items
+            return
+        skip = self._callback_param_ids()
+        for name, param in items:
+            if id(param) not in skip:
+                yield name, param
+
+    def parameters(self, with_callbacks: bool = True, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """``nn.Module.parameters`` routed through :meth:`named_parameters`."""
+        for _, param in self.named_parameters(with_callbacks=with_callbacks, recurse=recurse):
+            yield param
+
+    # ------------------------------------------------------------------ forward and steps
+    def forward(self, batch: dict, stage: str) -> dict:
+        """Run the user's forward function (or a subclass override) and return its dict."""
+        if self._forward_fn is None:
+            raise NotImplementedError("sptrack.Module needs forward=fn(module, batch, stage) or a forward override.")
+        return self._forward_fn(self, batch, stage)
+
+    def _run_forward(self, batch: Any, batch_idx: int, stage: str) -> dict:
+        if not isinstance(batch, dict):
+            raise ValueError(
+                f"sptrack.Module expects dict batches, got {type(batch).__name__}. "
+                "Make the dataset return dicts such as {'image': x, 'label': y}."
+            )
+        batch["batch_idx"] = batch_idx
+        state = self(batch, stage)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"forward(batch, stage={stage!r}) must return a dict, got {type(state).__name__}.")
+        return state
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        """Forward ('fit'), one backward of ``state['loss']``, then the steps due at this boundary."""
+        state = self._run_forward(batch, batch_idx, "fit")
+        if "loss" not in state:
+            raise KeyError(f"forward(batch, stage='fit') must return a 'loss' entry; it returned keys {sorted(state)}.")
+        loss = state["loss"]
+        accumulate = self.accumulate_grad_batches
+        step_before = self.trainer.global_step
+        self.manual_backward(loss / accumulate if accumulate > 1 else loss)
+        self.after_manual_backward()
+        self._micro_batches += 1
+        if self._micro_batches % accumulate == 0:
+            self._step_boundary(step_before + 1)
+        if accumulate > 1:
+            set_logging_step(self.trainer, step_before)
+        return state
+
+    def after_manual_backward(self) -> None:
+        """Hook between the backward pass and any optimizer step or ``zero_grad``; no-op by default."""
+
+    def _step_boundary(self, boundary: int) -> None:
+        used_lrs = {}
+        for slot in self._slots:
+            if not slot.steps_at(boundary):
+                continue
+            frequency = slot.config.frequency
+            if frequency > 1:
+                # The gradient of the last `frequency` boundaries was summed; step on its mean.
+                for p in slot.params:
+                    if p.grad is not None:
+                        p.grad.div_(frequency)
+            lr_used = slot.lr
+            self.trainer.strategy.optimizer_step(slot.optimizer, closure=_noop_closure, model=self)
+            slot.optimizer.zero_grad(set_to_none=True)
+            if slot.scheduler is not None and slot.config.interval == "step":
+                self._step_scheduler(slot)
+            used_lrs[f"hparams/lr_{slot.name}"] = lr_used
+        count_optimizer_step(self.trainer)
+        self._log_to_loggers(used_lrs, step=boundary - 1)
+
+    def _log_to_loggers(self, metrics: dict, step: int) -> None:
+        """Send ``metrics`` to every logger at ``step``, on global rank 0 only.
+
+        ``self.log`` would re-send the last value at every later batch (Lightning keeps on-step
+        values until the epoch ends) and obeys ``log_every_n_steps``; learning rates must appear
+        exactly at the optimizer's own steps. ``step`` is the axis Lightning uses for the batch's
+        other metrics (``global_step`` before this boundary).
+        """
+        if not metrics or not self.trainer.is_global_zero:
+            return
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stepping optimizer's gradients (runs after AMP unscaling, before the step).
+
+        Subclasses overriding this hook must call ``super().on_before_optimizer_step(optimizer)``.
+        """
+        slot = next((s for s in self._slots if s.optimizer is optimizer), None)
+        if slot is None or not slot.clip_val:
+            return
+        grads = [p for p in slot.params if p.grad is not None]
+        if slot.clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(grads, slot.clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(grads, slot.clip_val)
+
+    def _step_scheduler(self, slot: OptimizerSlot) -> None:
+        if not is_plateau(slot.config.scheduler):
+            slot.scheduler.step()
+            return
+        metrics = self.trainer.callback_metrics
+        monitor = slot.config.monitor
+        if monitor not in metrics:
+            raise KeyError(
+                f"{slot.config.key}.monitor: ReduceLROnPlateau watches {monitor!r}, which was not logged "
+                f"before its {slot.config.interval} ended. Logged metrics: {sorted(metrics) or 'none'}. "
+                f"Log it with self.log({monitor!r}, ...) or set 'monitor' to one of these."
+            )
+        slot.scheduler.step(float(metrics[monitor]))
+
+    def on_train_epoch_end(self) -> None:
+        """Step every ``interval='epoch'`` scheduler once."""
+        for slot in self._slots:
+            if slot.scheduler is not None and slot.config.interval == "epoch":
+                self._step_scheduler(slot)
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Keep gradients across validation: they may be an unfinished accumulation/frequency cycle."""
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        """Forward with stage 'validate'; the dict reaches callbacks' ``on_validation_batch_end``."""
+        return self._run_forward(batch, batch_idx, "validate")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        """Forward with stage 'test'."""
+        return self._run_forward(batch, batch_idx, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Forward with stage 'predict' (no loss needed)."""
+        return self._run_forward(batch, batch_idx, "predict")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply the dataset's ``gpu_transform`` (else the DataModule's) on the device-side batch."""
+        if self._trainer is None:
+            return batch
+        return self._gpu_transforms(self.trainer, batch, dataloader_idx, self.device)
+
+    # ------------------------------------------------------------------ optimizers
+    def _run_length(self, interval: str, frequency: int) -> Optional[int]:
+        """How often a scheduler of this interval/frequency will step in this run (None: unbounded)."""
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning size the train dataloader
+        per_epoch = trainer.num_training_batches
+        max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+        boundaries = math.inf
+        if max_epochs is not None and math.isfinite(per_epoch):
+            boundaries = (max_epochs * per_epoch) // self.accumulate_grad_batches
+        if max_steps is not None:
+            boundaries = min(boundaries, max_steps)
+        if not math.isfinite(boundaries):
+            return None
+        if interval == "step":
+            return int(boundaries) // frequency
+        if max_steps is None and max_epochs is not None:
+            return max_epochs
+        return math.ceil(boundaries * self.accumulate_grad_batches / per_epoch) if math.isfinite(per_epoch) else None
+
+    def configure_optimizers(self):
+        """Build one optimizer (and scheduler) per named entry of ``optim`` over its parameters."""
+        assignment = assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
+        if assignment.unassigned:
+            listed = ", ".join(assignment.unassigned[:20]) + (" ..." if len(assignment.unassigned) > 20 else "")
+            message = (
+                f"{len(assignment.unassigned)} trainable parameters belong to no optimizer and will NOT be "
+                f"trained: {listed}. Add a pattern under `optim` or freeze them (requires_grad=False)."
+            )
+            if self.strict:
+                raise ConfigError("optim", message)
+            warnings.warn(message, UserWarning, stacklevel=2)
+        self._slots = []
+        optimizers, schedulers = [], []
+        for index, config in enumerate(self._optim_configs):
+            named = assignment.params[config.name]
+            if not named:
+                raise ConfigError(f"{config.key}.modules", f"matches modules {assignment.matched[config.name]} that own no trainable parameters.")
+            params = [p for _, p in named]
+            try:
+                optimizer = config.optimizer.build(params)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{config.key}.optimizer", f"building {config.optimizer.name} failed: {err}") from err
+            scheduler = None
+            if config.scheduler is not None:
+                length = self._run_length(config.interval, config.frequency)
+                scheduler = build_scheduler(config.scheduler, optimizer, length, f"{config.key}.scheduler")
+                entry = {"scheduler": scheduler, "interval": config.interval, "frequency": 1, "name": config.name}
+                if config.monitor is not None:
+                    entry["monitor"] = config.monitor
+                schedulers.append(entry)
+            self._slots.append(
+                OptimizerSlot(
+                    config=config,
+                    index=index,
+                    optimizer=optimizer,
+                    param_names=[n for n, _ in named],
+                    matched_modules=assignment.matched[config.name],
+                    scheduler=scheduler,
+                    clip_val=config.gradient_clip_val,
+                    clip_algorithm=config.gradient_clip_algorithm,
+                    params=params,
+                )
+            )
+            optimizers.append(optimizer)
+        return optimizers, schedulers
+
+    def optimizer_summary(self) -> list[dict]:
+        """One plain dict per optimizer (name, class, lr, modules, params, frequency, scheduler, clip...)."""
+        return [slot.summary() for slot in self._slots]
+
+    def on_train_start(self) -> None:
+        """Fill per-optimizer clip settings from the Trainer, restore pending gradients, print the table."""
+        if getattr(self, "gpu_transform", None) is not None:
+            raise ConfigError(
+                "gpu_transform",
+                "setting a gpu_transform on the Module is not supported.",
+                "Attach it to the dataset (dataset.gpu_transform) or the DataModule instead.",
+            )
+        settings = self._gradient_settings
+        # The raw optimizers Lightning holds may be new objects after strategy set-up; use those.
+        for slot in self._slots:
+            slot.optimizer = self.trainer.optimizers[slot.index]
+            if slot.clip_val is None:
+                slot.clip_val = settings.gradient_clip_val
+            if slot.clip_algorithm is None:
+                slot.clip_algorithm = settings.gradient_clip_algorithm or "norm"
+        self._restore_pending_grads()
+        self._print_summary()
+
+    @rank_zero_only
+    def _print_summary(self) -> None:
+        import shutil
+
+        from rich.console import Console
+
+        # Logs and CI consoles report 80 columns; the table needs more to stay readable.
+        Console(width=max(140, shutil.get_terminal_size().columns)).print(render_summary(self.optimizer_summary()))
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the position in the accumulation/frequency cycles and the gradients not yet applied."""
+        names = dict(self.named_parameters())
+        pending = {}
+        for slot in self._slots:
+            for name in slot.param_names:
+                grad = names[name].grad
+                if grad is not None:
+                    # Collective under FSDP2: every rank runs this hook.
+                    pending[name] = to_full_tensor(grad).detach().cpu().clone()
+        checkpoint[_CHECKPOINT_KEY] = {"version": 1, "micro_batches": self._micro_batches, "pending_grads": pending}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the cycle position; pending gradients are re-attached when training starts."""
+        state = checkpoint.get(_CHECKPOINT_KEY)
+        if state is None:
+            return
+        self._micro_batches = int(state["micro_batches"])
+        self._pending_grads = dict(state.get("pending_grads", {}))
+
+    def _restore_pending_grads(self) -> None:
+        if not self._pending_grads:
+            return
+        names = dict(self.named_parameters())
+        for name, grad in self._pending_grads.items():
+            param = names[name]
+            param.grad = to_local_like(grad, param)
+        self._pending_grads = {}
