@@ -33,10 +33,12 @@ def take_over_gradient_settings(trainer: "pl.Trainer") -> GradientSettings:
     recorded = getattr(trainer, "_sptrack_gradient_settings", None)
     if recorded is not None:
         return recorded
+    algorithm = getattr(trainer, "gradient_clip_algorithm", None)
     requested = GradientSettings(
         accumulate_grad_batches=int(trainer.accumulate_grad_batches),
         gradient_clip_val=trainer.gradient_clip_val,
-        gradient_clip_algorithm=getattr(trainer, "gradient_clip_algorithm", None),
+        # Lightning stores the algorithm as a str-valued enum; keep the plain string for tables/trackers.
+        gradient_clip_algorithm=getattr(algorithm, "value", algorithm),
     )
     trainer.accumulate_grad_batches = 1
     trainer.gradient_clip_val = None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import lightning.pytorch as pl
@@ -19,12 +17,14 @@ from sptrack.module.lightning_glue import (
     set_logging_step,
     take_over_gradient_settings,
 )
+from sptrack.module.build import build_slots
+from sptrack.module.checkpointing import attach_pending_grads, collect_pending_grads
 from sptrack.module.slots import OptimizerSlot, render_summary
 from sptrack.module.transforms import GpuTransformCache
 from sptrack.optim.assign import assign_parameters
-from sptrack.optim.config import parse_optim
-from sptrack.optim.schedulers import build_scheduler, is_plateau
-from sptrack.parallel.fsdp2 import default_parallelize_fn, is_sharded, reject_fsdp1, to_full_tensor, to_local_like
+from sptrack.optim.config import OptimizerConfig, parse_entry, parse_optim
+from sptrack.optim.schedulers import is_plateau
+from sptrack.parallel.fsdp2 import default_parallelize_fn, is_sharded, reject_fsdp1
 
 #: Attributes holding modules that evaluation callbacks register; never given to main optimizers.
 CALLBACK_CONTAINERS = ("callbacks_modules", "callbacks_metrics")
@@ -95,6 +95,8 @@ class Module(pl.LightningModule):
         # Fail on a bad pattern now rather than after the Trainer has started.
         assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
         self._slots: list[OptimizerSlot] = []
+        self._callback_optim: list[tuple[OptimizerConfig, str]] = []
+        self._objectives: dict[str, Callable] = {}
         self._gradient_settings = GradientSettings()
         self._micro_batches = 0
         self._pending_grads: dict[str, torch.Tensor] = {}
@@ -184,6 +186,8 @@ class Module(pl.LightningModule):
         if "loss" not in state:
             raise KeyError(f"forward(batch, stage='fit') must return a 'loss' entry; it returned keys {sorted(state)}.")
         loss = state["loss"]
+        for objective in self._objectives.values():
+            loss = loss + objective(self, batch, state)
         accumulate = self.accumulate_grad_batches
         step_before = self.trainer.global_step
         self.manual_backward(loss / accumulate if accumulate > 1 else loss)
@@ -287,72 +291,56 @@ class Module(pl.LightningModule):
         return self._gpu_transforms(self.trainer, batch, dataloader_idx, self.device)
 
     # ------------------------------------------------------------------ optimizers
-    def _run_length(self, interval: str, frequency: int) -> Optional[int]:
-        """How often a scheduler of this interval/frequency will step in this run (None: unbounded)."""
-        trainer = self.trainer
-        trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning size the train dataloader
-        per_epoch = trainer.num_training_batches
-        max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
-        boundaries = math.inf
-        if max_epochs is not None and math.isfinite(per_epoch):
-            boundaries = (max_epochs * per_epoch) // self.accumulate_grad_batches
-        if max_steps is not None:
-            boundaries = min(boundaries, max_steps)
-        if not math.isfinite(boundaries):
-            return None
-        if interval == "step":
-            return int(boundaries) // frequency
-        if max_steps is None and max_epochs is not None:
-            return max_epochs
-        return math.ceil(boundaries * self.accumulate_grad_batches / per_epoch) if math.isfinite(per_epoch) else None
+    def add_callback_module(
+        self,
+        name: str,
+        module: nn.Module,
+        *,
+        optim: Optional[Mapping] = None,
+        objective: Optional[Callable[["Module", dict, Mapping], torch.Tensor]] = None,
+    ) -> None:
+        """Register an evaluation callback's module under ``callbacks_modules[name]``.
+
+        Its parameters never reach the main optimizers. ``optim`` (an entry of the named form,
+        without ``modules``) gives it its own optimizer, named ``name``, which steps with the same
+        frequency/accumulation/clipping/scheduler rules and appears in the optimizer table.
+        ``objective(module, batch, state)`` returns a loss added to the joint loss before the single
+        backward of each training step; it should use detached inputs so that the encoder's
+        gradients stay untouched. Call this from a Callback's ``setup`` (before optimizers exist).
+        """
+        key = f"callbacks.{name}"
+        taken = {c.name for c in self._optim_configs} | set(self.callbacks_modules.keys())
+        if name in taken:
+            raise ConfigError(key, f"the name {name!r} is already used by an optimizer or callback module.", "Pick another name.")
+        if self._slots:
+            raise RuntimeError(f"{key}: add_callback_module must be called before optimizers are configured (in Callback.setup).")
+        if optim is not None:
+            if "modules" in optim:
+                raise ConfigError(f"{key}.optim.modules", "a callback optimizer owns exactly its module.", "Remove 'modules'.")
+            self._callback_optim.append((parse_entry(name, optim, f"{key}.optim"), f"callbacks_modules.{name}"))
+        if objective is not None:
+            self._objectives[name] = objective
+        self.callbacks_modules[name] = module
 
     def configure_optimizers(self):
-        """Build one optimizer (and scheduler) per named entry of ``optim`` over its parameters."""
-        assignment = assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
-        if assignment.unassigned:
-            listed = ", ".join(assignment.unassigned[:20]) + (" ..." if len(assignment.unassigned) > 20 else "")
-            message = (
-                f"{len(assignment.unassigned)} trainable parameters belong to no optimizer and will NOT be "
-                f"trained: {listed}. Add a pattern under `optim` or freeze them (requires_grad=False)."
-            )
-            if self.strict:
-                raise ConfigError("optim", message)
-            warnings.warn(message, UserWarning, stacklevel=2)
-        self._slots = []
-        optimizers, schedulers = [], []
-        for index, config in enumerate(self._optim_configs):
-            named = assignment.params[config.name]
-            if not named:
-                raise ConfigError(f"{config.key}.modules", f"matches modules {assignment.matched[config.name]} that own no trainable parameters.")
-            params = [p for _, p in named]
-            try:
-                optimizer = config.optimizer.build(params)
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"{config.key}.optimizer", f"building {config.optimizer.name} failed: {err}") from err
-            scheduler = None
-            if config.scheduler is not None:
-                length = self._run_length(config.interval, config.frequency)
-                scheduler = build_scheduler(config.scheduler, optimizer, length, f"{config.key}.scheduler")
-                entry = {"scheduler": scheduler, "interval": config.interval, "frequency": 1, "name": config.name}
-                if config.monitor is not None:
-                    entry["monitor"] = config.monitor
+        """Build one optimizer (and scheduler) per named entry of ``optim`` and per callback module."""
+        self._slots = build_slots(
+            self,
+            self._optim_configs,
+            self._callback_optim,
+            exclude=CALLBACK_CONTAINERS,
+            trainer=self._trainer,
+            accumulate=self.accumulate_grad_batches,
+            strict=self.strict,
+        )
+        schedulers = []
+        for slot in self._slots:
+            if slot.scheduler is not None:
+                entry = {"scheduler": slot.scheduler, "interval": slot.config.interval, "frequency": 1, "name": slot.name}
+                if slot.config.monitor is not None:
+                    entry["monitor"] = slot.config.monitor
                 schedulers.append(entry)
-            self._slots.append(
-                OptimizerSlot(
-                    config=config,
-                    index=index,
-                    optimizer=optimizer,
-                    param_names=[n for n, _ in named],
-                    matched_modules=assignment.matched[config.name],
-                    scheduler=scheduler,
-                    clip_val=config.gradient_clip_val,
-                    clip_algorithm=config.gradient_clip_algorithm,
-                    params=params,
-                )
-            )
-            optimizers.append(optimizer)
-        return optimizers, schedulers
+        return [slot.optimizer for slot in self._slots], schedulers
 
     def optimizer_summary(self) -> list[dict]:
         """One plain dict per optimizer (name, class, lr, modules, params, frequency, scheduler, clip...)."""
@@ -389,14 +377,8 @@ class Module(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the position in the accumulation/frequency cycles and the gradients not yet applied."""
-        names = dict(self.named_parameters())
-        pending = {}
-        for slot in self._slots:
-            for name in slot.param_names:
-                grad = names[name].grad
-                if grad is not None:
-                    # Collective under FSDP2: every rank runs this hook.
-                    pending[name] = to_full_tensor(grad).detach().cpu().clone()
+        names = [name for slot in self._slots for name in slot.param_names]
+        pending = collect_pending_grads(dict(self.named_parameters()), names)
         checkpoint[_CHECKPOINT_KEY] = {"version": 1, "micro_batches": self._micro_batches, "pending_grads": pending}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -408,10 +390,6 @@ class Module(pl.LightningModule):
         self._pending_grads = dict(state.get("pending_grads", {}))
 
     def _restore_pending_grads(self) -> None:
-        if not self._pending_grads:
-            return
-        names = dict(self.named_parameters())
-        for name, grad in self._pending_grads.items():
-            param = names[name]
-            param.grad = to_local_like(grad, param)
-        self._pending_grads = {}
+        if self._pending_grads:
+            attach_pending_grads(dict(self.named_parameters()), self._pending_grads)
+            self._pending_grads = {}

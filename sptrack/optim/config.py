@@ -60,7 +60,7 @@ def _is_single_form(optim: Mapping) -> bool:
     return not (isinstance(value, Mapping) and "optimizer" in value)
 
 
-def _parse_entry(name: str, entry: Any, key: str) -> OptimizerConfig:
+def parse_entry(name: str, entry: Any, key: str) -> OptimizerConfig:
     if not isinstance(entry, Mapping):
         raise ConfigError(key, f"must be a dict with an 'optimizer' entry, got {type(entry).__name__}.")
     for k in entry:
@@ -137,10 +137,10 @@ def parse_optim(optim: Any, key: str = "optim") -> list[OptimizerConfig]:
         entry = dict(optim)
         if "modules" in entry:
             raise ConfigError(f"{key}.modules", "the single-optimizer form owns every parameter.", "Use the named form {name: {'modules': ...}}.")
-        return [_parse_entry(DEFAULT_NAME, entry, key)]
+        return [parse_entry(DEFAULT_NAME, entry, key)]
     if not optim:
         raise ConfigError(key, "declares no optimizer.", "Add e.g. {'optimizer': 'AdamW'}.")
-    configs = [_parse_entry(name, entry, f"{key}.{name}") for name, entry in optim.items()]
+    configs = [parse_entry(name, entry, f"{key}.{name}") for name, entry in optim.items()]
     catch_all = [c.name for c in configs if c.modules is None]
     if len(configs) > 1 and catch_all:
         # Two optimizers without patterns would both claim everything.

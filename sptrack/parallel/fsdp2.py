@@ -39,6 +39,14 @@ class FSDP2Strategy(ModelParallelStrategy):
             timeout=timeout,
         )
 
+    def setup_environment(self) -> None:
+        """Resolve ``data_parallel_size="auto"`` to every process, then build the mesh."""
+        # ModelParallelStrategy resolves "auto" to num_nodes (tensor parallel inside a node); FSDP2
+        # here is data parallel over all processes of all nodes.
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
 
 def register_fsdp2_strategy() -> None:
     """Make ``Trainer(strategy="fsdp2")`` resolve to :class:`FSDP2Strategy` (idempotent)."""
@@ -68,10 +76,11 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def default_parallelize_fn(module: nn.Module, device_mesh) -> nn.Module:
-    """Shard every parameter-owning child except callback containers, then the root.
+    """Shard every parameter-owning child, then the root, on the data-parallel mesh.
 
-    Callback modules (``callbacks_modules``/``callbacks_metrics``) are left unsharded (ignored by
-    the root group) because callbacks call them outside the Module's forward.
+    Each callback module (``callbacks_modules[name]``, ``callbacks_metrics[name]``) becomes its own
+    FSDP unit rather than part of the root's: callbacks call them outside the Module's forward, and
+    a unit of their own gathers its parameters on every call and averages its gradients across ranks.
     """
     from torch.distributed.fsdp import fully_shard
 
@@ -79,12 +88,11 @@ def default_parallelize_fn(module: nn.Module, device_mesh) -> nn.Module:
     mesh = device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
     callback_containers = ("callbacks_modules", "callbacks_metrics")
     for name, child in module.named_children():
-        if name in callback_containers:
-            continue
-        if any(True for _ in child.parameters()):
-            fully_shard(child, mesh=mesh)
-    ignored = {p for name in callback_containers if hasattr(module, name) for p in getattr(module, name).parameters()}
-    fully_shard(module, mesh=mesh, ignored_params=ignored or None)
+        units = child.children() if name in callback_containers else [child]
+        for unit in units:
+            if any(True for _ in unit.parameters()):
+                fully_shard(unit, mesh=mesh)
+    fully_shard(module, mesh=mesh)
     return module
 
 

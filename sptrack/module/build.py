@@ -1,0 +1,100 @@
+"""Build the optimizer slots of a Module: assign parameters, create optimizers and schedulers."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Sequence
+
+import lightning.pytorch as pl
+from torch import nn
+
+from sptrack.errors import ConfigError
+from sptrack.module.slots import OptimizerSlot
+from sptrack.optim.assign import assign_parameters
+from sptrack.optim.config import OptimizerConfig
+from sptrack.optim.schedulers import build_scheduler
+
+
+def scheduler_run_length(trainer: "pl.Trainer", accumulate: int, interval: str, frequency: int) -> Optional[int]:
+    """How often a scheduler will step in this fit: its optimizer's steps ('step') or epochs ('epoch').
+
+    Counts accumulation boundaries over the whole run (``max_epochs`` x batches per epoch / N,
+    capped by ``max_steps``); None when the run is unbounded.
+    """
+    trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning size the train dataloader
+    per_epoch = trainer.num_training_batches
+    max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+    boundaries = math.inf
+    if max_epochs is not None and math.isfinite(per_epoch):
+        boundaries = (max_epochs * per_epoch) // accumulate
+    if max_steps is not None:
+        boundaries = min(boundaries, max_steps)
+    if not math.isfinite(boundaries):
+        return None
+    if interval == "step":
+        return int(boundaries) // frequency
+    if max_steps is None and max_epochs is not None:
+        return max_epochs
+    return math.ceil(boundaries * accumulate / per_epoch) if math.isfinite(per_epoch) and per_epoch else None
+
+
+def _slot(config: OptimizerConfig, index: int, named: list, matched: list, trainer, accumulate: int) -> OptimizerSlot:
+    if not named:
+        raise ConfigError(f"{config.key}.modules", f"matches modules {matched} that own no trainable parameters.")
+    params = [p for _, p in named]
+    try:
+        optimizer = config.optimizer.build(params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{config.key}.optimizer", f"building {config.optimizer.name} failed: {err}") from err
+    scheduler = None
+    if config.scheduler is not None:
+        length = scheduler_run_length(trainer, accumulate, config.interval, config.frequency) if trainer else None
+        scheduler = build_scheduler(config.scheduler, optimizer, length, f"{config.key}.scheduler")
+    return OptimizerSlot(
+        config=config,
+        index=index,
+        optimizer=optimizer,
+        param_names=[n for n, _ in named],
+        matched_modules=list(matched),
+        scheduler=scheduler,
+        clip_val=config.gradient_clip_val,
+        clip_algorithm=config.gradient_clip_algorithm,
+        params=params,
+    )
+
+
+def build_slots(
+    root: nn.Module,
+    configs: Sequence[OptimizerConfig],
+    callback_configs: Sequence[tuple[OptimizerConfig, str]],
+    exclude: Sequence[str],
+    trainer: "pl.Trainer",
+    accumulate: int,
+    strict: bool,
+) -> list[OptimizerSlot]:
+    """One slot per main optimizer (regex-assigned), then one per callback module's optimizer.
+
+    ``callback_configs`` pairs a config with the qualified name of the callback module it trains;
+    such optimizers own exactly that module's trainable parameters.
+    """
+    assignment = assign_parameters(root, configs, exclude=exclude)
+    if assignment.unassigned:
+        listed = ", ".join(assignment.unassigned[:20]) + (" ..." if len(assignment.unassigned) > 20 else "")
+        message = (
+            f"{len(assignment.unassigned)} trainable parameters belong to no optimizer and will NOT be "
+            f"trained: {listed}. Add a pattern under `optim` or freeze them (requires_grad=False)."
+        )
+        if strict:
+            raise ConfigError("optim", message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    slots = [
+        _slot(c, i, assignment.params[c.name], assignment.matched[c.name], trainer, accumulate)
+        for i, c in enumerate(configs)
+    ]
+    for config, module_name in callback_configs:
+        module = root.get_submodule(module_name)
+        named = [(f"{module_name}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
+        slots.append(_slot(config, len(slots), named, [module_name], trainer, accumulate))
+    return slots
