@@ -40,7 +40,7 @@ def scheduler_run_length(trainer: "pl.Trainer", accumulate: int, interval: str, 
     return math.ceil(boundaries * accumulate / per_epoch) if math.isfinite(per_epoch) and per_epoch else None
 
 
-def _slot(config: OptimizerConfig, index: int, named: list, matched: list, trainer, accumulate: int) -> OptimizerSlot:
+def _slot(config: OptimizerConfig, index: int, named: list, matched: list, trainer, accumulate: int, with_schedulers: bool) -> OptimizerSlot:
     if not named:
         raise ConfigError(f"{config.key}.modules", f"matches modules {matched} that own no trainable parameters.")
     params = [p for _, p in named]
@@ -49,7 +49,7 @@ def _slot(config: OptimizerConfig, index: int, named: list, matched: list, train
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{config.key}.optimizer", f"building {config.optimizer.name} failed: {err}") from err
     scheduler = None
-    if config.scheduler is not None:
+    if config.scheduler is not None and with_schedulers:
         length = scheduler_run_length(trainer, accumulate, config.interval, config.frequency) if trainer else None
         scheduler = build_scheduler(config.scheduler, optimizer, length, f"{config.key}.scheduler")
     return OptimizerSlot(
@@ -73,11 +73,13 @@ def build_slots(
     trainer: "pl.Trainer",
     accumulate: int,
     strict: bool,
+    with_schedulers: bool = True,
 ) -> list[OptimizerSlot]:
     """One slot per main optimizer (regex-assigned), then one per callback module's optimizer.
 
     ``callback_configs`` pairs a config with the qualified name of the callback module it trains;
-    such optimizers own exactly that module's trainable parameters.
+    such optimizers own exactly that module's trainable parameters. ``with_schedulers=False``
+    builds optimizers only (for a plan printed before any Trainer exists).
     """
     assignment = assign_parameters(root, configs, exclude=exclude)
     if assignment.unassigned:
@@ -90,11 +92,11 @@ def build_slots(
             raise ConfigError("optim", message)
         warnings.warn(message, UserWarning, stacklevel=3)
     slots = [
-        _slot(c, i, assignment.params[c.name], assignment.matched[c.name], trainer, accumulate)
+        _slot(c, i, assignment.params[c.name], assignment.matched[c.name], trainer, accumulate, with_schedulers)
         for i, c in enumerate(configs)
     ]
     for config, module_name in callback_configs:
         module = root.get_submodule(module_name)
         named = [(f"{module_name}.{n}", p) for n, p in module.named_parameters() if p.requires_grad]
-        slots.append(_slot(config, len(slots), named, [module_name], trainer, accumulate))
+        slots.append(_slot(config, len(slots), named, [module_name], trainer, accumulate, with_schedulers))
     return slots

@@ -317,7 +317,9 @@ class Module(pl.LightningModule):
         if optim is not None:
             if "modules" in optim:
                 raise ConfigError(f"{key}.optim.modules", "a callback optimizer owns exactly its module.", "Remove 'modules'.")
-            self._callback_optim.append((parse_entry(name, optim, f"{key}.optim"), f"callbacks_modules.{name}"))
+            config = parse_entry(name, optim, f"{key}.optim")
+            config.modules = f"callbacks_modules.{name}"  # shown in tables; not used as a regex
+            self._callback_optim.append((config, config.modules))
         if objective is not None:
             self._objectives[name] = objective
         self.callbacks_modules[name] = module
@@ -341,6 +343,18 @@ class Module(pl.LightningModule):
                     entry["monitor"] = slot.config.monitor
                 schedulers.append(entry)
         return [slot.optimizer for slot in self._slots], schedulers
+
+    def plan_optimizers(self) -> list[dict]:
+        """The optimizer summary as it will be at train start, computed now without a Trainer.
+
+        Builds throw-away optimizers (schedulers are named, not built; clip values not yet filled
+        from the Trainer), so bad declarations surface before any training starts.
+        """
+        slots = build_slots(
+            self, self._optim_configs, self._callback_optim, exclude=CALLBACK_CONTAINERS, trainer=None,
+            accumulate=self.accumulate_grad_batches, strict=self.strict, with_schedulers=False,
+        )
+        return [slot.summary() for slot in slots]
 
     def optimizer_summary(self) -> list[dict]:
         """One plain dict per optimizer (name, class, lr, modules, params, frequency, scheduler, clip...)."""

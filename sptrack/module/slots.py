@@ -38,6 +38,13 @@ class OptimizerSlot:
         """Learning rate of the first param group (the one logged as hparams/lr_<name>)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
+    @property
+    def scheduler_name(self) -> Optional[str]:
+        """Class name of the scheduler (built, or as declared when not built yet)."""
+        if self.scheduler is not None:
+            return type(self.scheduler).__name__
+        return self.config.scheduler.name if self.config.scheduler is not None else None
+
     def steps_at(self, boundary: int) -> bool:
         """Whether this optimizer steps at 1-based accumulation boundary ``boundary``."""
         return boundary % self.config.frequency == 0
@@ -55,7 +62,7 @@ class OptimizerSlot:
             "matched_modules": list(self.matched_modules),
             "num_params": int(sum(p.numel() for p in self.params)),
             "frequency": self.config.frequency,
-            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+            "scheduler": self.scheduler_name,
             "interval": self.config.interval,
             "monitor": self.config.monitor,
             "gradient_clip_val": self.clip_val,

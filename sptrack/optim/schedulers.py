@@ -20,8 +20,9 @@ from sptrack.optim.spec import ClassSpec, resolve_class_spec
 
 
 class LinearWarmupCosineAnnealingLR(LRScheduler):
-    """Linear warm-up from ``warmup_start_factor * lr`` to ``lr`` over ``warmup_steps``, then cosine
-    decay to ``eta_min`` at ``total_steps``; constant at ``eta_min`` afterwards."""
+    """Linear warm-up from ``warmup_start_factor * lr`` to ``lr`` over ``warmup_steps`` (or
+    ``warmup_fraction * total_steps``), then cosine decay to ``eta_min`` at ``total_steps``;
+    constant at ``eta_min`` afterwards."""
 
     def __init__(
         self,
@@ -30,8 +31,13 @@ class LinearWarmupCosineAnnealingLR(LRScheduler):
         warmup_steps: int = 0,
         warmup_start_factor: float = 0.01,
         eta_min: float = 0.0,
+        warmup_fraction: Optional[float] = None,
         last_epoch: int = -1,
     ):
+        if warmup_fraction is not None:
+            if not 0.0 <= warmup_fraction <= 1.0:
+                raise ValueError(f"warmup_fraction must be in [0, 1], got {warmup_fraction}.")
+            warmup_steps = int(round(warmup_fraction * total_steps))
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
         if not 0 <= warmup_steps <= total_steps:
@@ -139,7 +145,8 @@ def scheduler_defaults(spec: ClassSpec, optimizer: torch.optim.Optimizer, total:
     elif name == "LinearWarmupCosineAnnealingLR" and "total_steps" not in given:
         n = need()
         defaults["total_steps"] = n
-        defaults["warmup_steps"] = min(given.get("warmup_steps", n // 10), n)
+        if "warmup_fraction" not in given:
+            defaults["warmup_steps"] = min(given.get("warmup_steps", n // 10), n)
     return {k: v for k, v in defaults.items() if k not in given}
 
 

@@ -1,0 +1,127 @@
+"""``ImageFolder``: a ``root/<class>/<image>`` tree of PNG/JPEG files as dict samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sptrack.errors import ConfigError
+
+#: File suffixes (compared lower-case) that count as images.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_KEY = "image_folder.root"
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+class ImageFolder(Dataset):
+    """Images under ``root/<class_name>/`` (searched recursively), labelled by sorted class name.
+
+    ``dataset[i]`` is ``{"image": (C, H, W) float32 in [0, 1], "label": int64, "index": int64}``.
+    Class indices follow the sorted directory names (``classes``, ``class_to_idx``); hidden entries
+    are ignored. Files are decoded with Pillow when a sample is read (so workers share the work).
+
+    Args:
+        root: the directory holding one sub-directory per class.
+        size: resize every image to ``size×size`` (int) or ``(height, width)``, bilinear. With
+            None images keep their size, and batching needs them all to have the same one.
+        grayscale: decode to 1 channel ("L") instead of 3 ("RGB").
+        gpu_transform: optional batch-level transform applied by ``sptrack.Module`` on the device.
+
+    Raises:
+        ConfigError (key ``image_folder.root``): the root is missing or not a directory, has no
+            class sub-directories, or a class directory holds no .png/.jpg/.jpeg file.
+    """
+
+    def __init__(
+        self,
+        root: Union[str, Path],
+        size: Optional[Union[int, tuple[int, int]]] = None,
+        grayscale: bool = False,
+        gpu_transform: Optional[Callable[[dict], dict]] = None,
+    ):
+        self.root = Path(root)
+        self.size = _parse_size(size)
+        self.grayscale = bool(grayscale)
+        self.gpu_transform = gpu_transform
+        self.classes, self.samples = _scan(self.root)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.targets = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (class sub-directories)."""
+        return len(self.classes)
+
+    def load(self, i: int) -> torch.Tensor:
+        """Decode image ``i`` to a ``(C, H, W)`` float32 tensor in [0, 1] (resized if ``size`` is set)."""
+        from PIL import Image  # imported here: only folder datasets need Pillow
+
+        with Image.open(self.samples[i][0]) as img:
+            img = img.convert("L" if self.grayscale else "RGB")
+            if self.size is not None:
+                height, width = self.size
+                img = img.resize((width, height), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.load(i), "label": self.targets[i], "index": torch.tensor(i, dtype=torch.int64)}
+
+    def __repr__(self) -> str:
+        return f"ImageFolder(root={str(self.root)!r}, n={len(self)}, classes={self.num_classes}, size={self.size})"
+
+
+def _parse_size(size) -> Optional[tuple[int, int]]:
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        return (int(size[0]), int(size[1]))
+    raise ConfigError("image_folder.size", f"must be a positive int or (height, width), got {size!r}.")
+
+
+def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Sorted class names and ``(path, label)`` pairs, or a ConfigError explaining what is wrong."""
+    layout = "Expected root/<class_name>/<image>.png|jpg|jpeg."
+    if not root.exists():
+        raise ConfigError(_KEY, f"{str(root)!r} does not exist.", f"Check the path. {layout}")
+    if not root.is_dir():
+        raise ConfigError(_KEY, f"{str(root)!r} is not a directory.", layout)
+    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    if not class_dirs:
+        loose = any(_is_image(p) for p in root.iterdir())
+        problem = "holds images but no class sub-directories." if loose else "has no class sub-directories."
+        raise ConfigError(_KEY, f"{str(root)!r} {problem}", layout)
+    samples: list[tuple[Path, int]] = []
+    for label, directory in enumerate(class_dirs):
+        files = sorted(p for p in directory.rglob("*") if _is_image(p) and not _hidden_below(p, directory))
+        if not files:
+            raise ConfigError(
+                _KEY,
+                f"class directory {directory.name!r} in {str(root)!r} has no {'/'.join(IMAGE_SUFFIXES)} images.",
+                "Remove the directory or add images to it.",
+            )
+        samples.extend((p, label) for p in files)
+    return [d.name for d in class_dirs], samples
+
+
+def _hidden_below(path: Path, top: Path) -> bool:
+    """Whether a directory between ``top`` and ``path`` is hidden (e.g. ``.ipynb_checkpoints``)."""
+    return any(part.startswith(".") for part in path.relative_to(top).parts[:-1])

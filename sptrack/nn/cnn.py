@@ -1,0 +1,57 @@
+"""A small convolutional encoder for 28x28-ish images."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from sptrack.errors import ConfigError
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU stages (each halves the resolution after the first) and global average pooling.
+
+    Args:
+        in_chans: input channels.
+        widths: channels of each stage; every stage is two 3x3 convolutions.
+        out_dim: if given, a final linear layer maps the pooled ``widths[-1]`` features to this
+            width; else the pooled features are the embedding.
+
+    ``embed_dim`` is the output width. Under DDP, convert BatchNorm to SyncBatchNorm if the
+    per-rank batch is small (``nn.SyncBatchNorm.convert_sync_batchnorm``).
+    """
+
+    def __init__(self, in_chans: int = 1, widths: Sequence[int] = (32, 64, 128), out_dim: Optional[int] = None):
+        super().__init__()
+        widths = tuple(widths)
+        if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+            raise ConfigError("widths", f"must be a non-empty sequence of positive ints, got {widths!r}.")
+        if out_dim is not None and (not isinstance(out_dim, int) or out_dim < 1):
+            raise ConfigError("out_dim", f"must be a positive int or None, got {out_dim!r}.")
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers += [
+                nn.Conv2d(prev, width, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            prev = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(prev, out_dim) if out_dim is not None else None
+        self.embed_dim = out_dim if out_dim is not None else prev
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W) -> (B, embed_dim)``."""
+        x = self.pool(self.features(x)).flatten(1)
+        return self.fc(x) if self.fc is not None else x

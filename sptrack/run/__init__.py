@@ -1,0 +1,1 @@
+"""The command line: recipes, configuration overrides, training and the final report."""

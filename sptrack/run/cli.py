@@ -1,0 +1,102 @@
+"""``python -m sptrack.run RECIPE [key=value ...] [options]``: train a recipe.
+
+Only light modules are imported until training starts, so ``--help`` and errors come back fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from sptrack.errors import ConfigError
+from sptrack.run.config import RecipeConfig, apply_overrides, flatten
+from sptrack.run.recipe import Recipe, load_recipe, recipes_dir
+
+TRACKERS = ("none", "mlflow", "wandb")
+STRATEGIES = ("auto", "ddp", "fsdp2")
+
+USAGE = "python -m sptrack.run RECIPE [key=value ...] [options]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's options (overrides are the ``key=value`` positional arguments)."""
+    parser = argparse.ArgumentParser(prog="python -m sptrack.run", usage=USAGE, add_help=False)
+    parser.add_argument("recipe", nargs="?", help="recipe file (recipes/dino.py) or name (dino)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.backbone.lr=1e-3")
+    parser.add_argument("-h", "--help", action="store_true", help="show options, or a recipe's keys")
+    parser.add_argument("--devices", type=int, help="processes/devices per node")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="distributed strategy")
+    parser.add_argument("--accelerator", help="cpu, gpu, auto ...")
+    parser.add_argument("--max-epochs", type=int, help="shortcut for trainer.max_epochs")
+    parser.add_argument("--seed", type=int, help="shortcut for trainer.seed")
+    parser.add_argument("--tracker", choices=TRACKERS, help="experiment tracker (default: the recipe's)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and optimizers, do not train")
+    return parser
+
+
+def _general_help(parser: argparse.ArgumentParser) -> str:
+    lines = [parser.format_help().rstrip(), "", "recipes:"]
+    folder = recipes_dir()
+    for path in sorted(folder.glob("*.py")) if folder.exists() else []:
+        lines.append(f"  {path.relative_to(folder.parent)}")
+    lines.append("\nRun `python -m sptrack.run RECIPE --help` to list a recipe's keys.")
+    return "\n".join(lines)
+
+
+def recipe_help(recipe: Recipe) -> str:
+    """A recipe's docstring and every configurable key with its default."""
+    lines = [f"{recipe.name}: {recipe.doc.splitlines()[0] if recipe.doc else ''}", "", "keys (key=value):"]
+    for key, value in flatten(recipe.default_config()).items():
+        lines.append(f"  {key} = {value!r}")
+    return "\n".join(lines)
+
+
+def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Namespace) -> RecipeConfig:
+    """Recipe defaults, then the ``key=value`` overrides, then the option shortcuts."""
+    cfg = recipe.default_config()
+    apply_overrides(cfg, list(overrides))
+    if args.devices is not None:
+        cfg.trainer.devices = args.devices
+    if args.strategy is not None:
+        cfg.trainer.strategy = args.strategy
+    if args.accelerator is not None:
+        cfg.trainer.accelerator = args.accelerator
+    if args.max_epochs is not None:
+        cfg.trainer.max_epochs = args.max_epochs
+    if args.seed is not None:
+        cfg.trainer.seed = args.seed
+    if args.tracker is not None:
+        cfg.tracker.kind = args.tracker
+    if cfg.tracker.kind not in TRACKERS:
+        raise ConfigError("tracker.kind", f"must be one of {', '.join(TRACKERS)}, got {cfg.tracker.kind!r}.")
+    if cfg.trainer.strategy not in STRATEGIES:
+        raise ConfigError("trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {cfg.trainer.strategy!r}.")
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.recipe is None:
+        print(_general_help(parser))
+        return 0 if args.help else 2
+    try:
+        recipe = load_recipe(args.recipe)
+        if args.help:
+            print(recipe_help(recipe))
+            return 0
+        cfg = resolve_config(recipe, args.overrides, args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from sptrack.run.dry_run import print_dry_run
+
+        print_dry_run(recipe, cfg)
+        return 0
+    from sptrack.run.train import train
+
+    train(recipe, cfg)
+    return 0

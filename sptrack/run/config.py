@@ -1,0 +1,238 @@
+"""Typed recipe configuration: dataclasses, dotted keys, and ``key=value`` overrides.
+
+This module imports nothing heavy (no torch) so that ``python -m sptrack.run --help`` is fast.
+Override values are parsed as Python literals with ``ast.literal_eval`` (never ``eval``); a value
+that is not a literal is taken as a string.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from sptrack.errors import ConfigError, suggestion
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to train on and how to batch it."""
+
+    dataset: str = "mnist5k"
+    batch_size: int = 256
+    val_batch_size: int = 500
+    num_workers: int = 0
+    root: Optional[str] = None  # for dataset="image_folder"
+    subset: Optional[int] = None  # use only the first N training samples (quick runs)
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to the Lightning Trainer."""
+
+    max_epochs: int = 10
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    gradient_clip_algorithm: str = "norm"
+    precision: str = "32-true"
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    seed: int = 0
+    output_dir: str = "runs"
+
+
+@dataclass
+class TrackerConfig:
+    """Where the run is tracked ('none', 'mlflow', 'wandb')."""
+
+    kind: str = "none"
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+    run_name: Optional[str] = None
+
+
+@dataclass
+class OptimizerEntry:
+    """One named optimizer of a recipe: its modules regex, optimizer, schedule and step rules."""
+
+    modules: str
+    type: str = "AdamW"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: Optional[float] = None
+    betas: Optional[tuple] = None
+    scheduler: Optional[str] = "LinearWarmupCosineAnnealingLR"
+    warmup_fraction: Optional[float] = None
+    interval: str = "step"
+    frequency: int = 1
+    gradient_clip_val: Optional[float] = None
+
+    def to_optim(self) -> dict:
+        """The entry in the form ``sptrack.Module(optim=...)`` takes."""
+        kwargs: dict[str, Any] = {"type": self.type, "lr": self.lr}
+        if self.weight_decay:
+            kwargs["weight_decay"] = self.weight_decay
+        if self.momentum is not None:
+            kwargs["momentum"] = self.momentum
+        if self.betas is not None:
+            kwargs["betas"] = tuple(self.betas)
+        entry: dict[str, Any] = {
+            "modules": self.modules,
+            "optimizer": kwargs,
+            "interval": self.interval,
+            "frequency": self.frequency,
+        }
+        if self.scheduler:
+            scheduler: dict[str, Any] = {"type": self.scheduler}
+            if self.warmup_fraction is not None and self.scheduler == "LinearWarmupCosineAnnealingLR":
+                scheduler["warmup_fraction"] = self.warmup_fraction
+            entry["scheduler"] = scheduler
+        if self.gradient_clip_val is not None:
+            entry["gradient_clip_val"] = self.gradient_clip_val
+        return entry
+
+
+@dataclass
+class RecipeConfig:
+    """Fields every recipe has; recipes subclass it and add ``model`` and method sections."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    optim: dict = field(default_factory=dict)
+    search_space: dict = field(default_factory=dict)
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain nested dicts/lists of a config (dataclasses converted recursively)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(to_dict(v) for v in cfg)
+    return cfg
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` for every leaf of a config."""
+    out: dict[str, Any] = {}
+    items = to_dict(cfg)
+    for key, value in items.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(obj)}
+
+
+def _type_name(tp: Any) -> str:
+    if getattr(tp, "__origin__", None) is Union:
+        return " or ".join(_type_name(a) for a in tp.__args__)
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int widens to float); raise naming ``key``."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}.")
+    if origin in (tuple, list) or tp in (tuple, list):
+        if isinstance(value, (tuple, list)):
+            return (origin or tp)(value)
+        raise ConfigError(key, f"expected a {(origin or tp).__name__}, got {type(value).__name__} {value!r}.", "Write e.g. (0.9, 0.999).")
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(key, f"expected a dict, got {type(value).__name__} {value!r}.")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(key, f"expected bool, got {type(value).__name__} {value!r}.", "Write True or False.")
+    if isinstance(tp, type) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def parse_literal(text: str) -> Any:
+    """A Python literal if ``text`` is one (numbers, True/None, tuples, ...), else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def set_dotted(cfg: Any, key: str, value: Any) -> None:
+    """Set ``cfg.<key>`` (dotted, through dataclasses and dicts), type-checked; unknown keys raise."""
+    parts = key.split(".")
+    node, walked = cfg, []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        path = ".".join(walked + [part])
+        if dataclasses.is_dataclass(node):
+            types = _field_types(node)
+            if part not in types:
+                raise _unknown_key(cfg, path)
+            if last:
+                setattr(node, part, coerce(value, types[part], path))
+                return
+            node = getattr(node, part)
+        elif isinstance(node, dict):
+            if part not in node:
+                raise _unknown_key(cfg, path)
+            if last:
+                current = node[part]
+                tp = type(current) if current is not None and not dataclasses.is_dataclass(current) else Any
+                if tp is int and isinstance(value, float):
+                    raise ConfigError(path, f"expected int, got float {value!r}.")
+                node[part] = coerce(value, float if tp is float else tp, path) if tp is not Any else value
+                return
+            node = node[part]
+        else:
+            raise _unknown_key(cfg, path)
+        walked.append(part)
+
+
+def _unknown_key(cfg: Any, path: str) -> ConfigError:
+    keys = list(flatten(cfg))
+    near = [k for k in keys if k.startswith(path.rpartition(".")[0])] if "." in path else keys
+    hint = suggestion(path, keys) or (f"Keys under it: {', '.join(near[:8])}." if near else "")
+    return ConfigError(path, "unknown configuration key.", hint + " List them with --help.")
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> None:
+    """Apply ``key=value`` strings to ``cfg`` in order; every error names the key."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(item, "is not a key=value override.", "Write e.g. trainer.max_epochs=5.")
+        set_dotted(cfg, key.strip(), parse_literal(raw.strip()))

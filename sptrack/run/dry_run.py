@@ -1,0 +1,34 @@
+"""``--dry-run``: show the resolved configuration and the optimizers it would train, then stop."""
+
+from __future__ import annotations
+
+import shutil
+
+from rich.console import Console
+from rich.table import Table
+
+from sptrack.module.slots import render_summary
+from sptrack.run.config import RecipeConfig, flatten
+from sptrack.run.recipe import Recipe
+
+
+def print_dry_run(recipe: Recipe, cfg: RecipeConfig) -> list[dict]:
+    """Print every resolved key and the optimizer plan (modules, parameter counts); return the plan."""
+    console = Console(width=max(140, shutil.get_terminal_size().columns))
+    table = Table(title=f"{recipe.name}: resolved configuration")
+    table.add_column("key")
+    table.add_column("value")
+    defaults = flatten(recipe.default_config())
+    for key, value in flatten(cfg).items():
+        changed = defaults.get(key, object()) != value
+        table.add_row(f"[bold]{key}[/bold]" if changed else key, repr(value))
+    console.print(table)
+    experiment = recipe.build(cfg)
+    for callback in experiment.callbacks:
+        # Callbacks that own optimizers register them on the Module; do it now so the plan shows them.
+        register = getattr(callback, "register", None)
+        if callable(register):
+            register(experiment.module)
+    plan = experiment.module.plan_optimizers()
+    console.print(render_summary(plan))
+    return plan

@@ -1,0 +1,96 @@
+"""Load a recipe file: a Python module declaring ``Config`` (a RecipeConfig dataclass) and ``build``.
+
+A recipe file defines::
+
+    @dataclass
+    class Config(RecipeConfig): ...        # every knob, typed, with defaults
+    def build(cfg: Config) -> Experiment:  # the Module, data and callbacks for that config
+
+Heavy imports belong inside ``build`` so that listing a recipe's keys stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+from sptrack.errors import ConfigError, suggestion
+from sptrack.run.config import RecipeConfig
+
+
+@dataclass
+class Experiment:
+    """What a recipe builds: the Module, its loaders and callbacks, and how to embed images.
+
+    ``encoder_factory()`` returns a fresh, randomly initialised encoder of the same architecture
+    (same seed), used for the random-init baseline; ``embed(encoder, images)`` maps an image batch
+    to embeddings for the final linear evaluation.
+    """
+
+    module: Any
+    train_loader: Any
+    val_loader: Any
+    callbacks: list
+    encoder: Any
+    encoder_factory: Callable[[], Any]
+    embed: Callable[[Any, Any], Any]
+    eval_train_loader: Optional[Any] = None
+
+
+@dataclass
+class Recipe:
+    """A loaded recipe: its name, path, config class and build function."""
+
+    name: str
+    path: Path
+    config_cls: type
+    build: Callable[[Any], Experiment]
+    doc: str
+
+    def default_config(self) -> RecipeConfig:
+        """A fresh config with the recipe's defaults."""
+        return self.config_cls()
+
+
+def recipes_dir() -> Path:
+    """The ``recipes/`` folder next to the package (a source checkout)."""
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _resolve_path(spec: str) -> Path:
+    path = Path(spec)
+    if path.suffix != ".py":
+        candidate = recipes_dir() / f"{spec}.py"
+        if candidate.exists():
+            return candidate
+    if path.exists():
+        return path
+    known = sorted(p.stem for p in recipes_dir().glob("*.py")) if recipes_dir().exists() else []
+    raise ConfigError(
+        "recipe",
+        f"no recipe file {spec!r}.",
+        suggestion(Path(spec).stem, known) or (f"Available: {', '.join(known)}." if known else ""),
+    )
+
+
+def load_recipe(spec: str) -> Recipe:
+    """Import a recipe by path (``recipes/dino.py``) or name (``dino``) and check its contents."""
+    path = _resolve_path(spec).resolve()
+    module_name = f"sptrack_recipe_{path.stem}"
+    import_spec = importlib.util.spec_from_file_location(module_name, path)
+    module: ModuleType = importlib.util.module_from_spec(import_spec)
+    # dataclasses look their module up in sys.modules while the class body is processed.
+    sys.modules[module_name] = module
+    import_spec.loader.exec_module(module)
+    config_cls = getattr(module, "Config", None)
+    build = getattr(module, "build", None)
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls) and issubclass(config_cls, RecipeConfig)):
+        raise ConfigError(f"recipe {path.name}", "must define `class Config(RecipeConfig)` as a dataclass.")
+    if not callable(build):
+        raise ConfigError(f"recipe {path.name}", "must define `build(cfg) -> Experiment`.")
+    return Recipe(name=path.stem, path=path, config_cls=config_cls, build=build, doc=(module.__doc__ or "").strip())

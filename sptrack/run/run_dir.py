@@ -1,0 +1,41 @@
+"""One run directory per job, agreed by every rank, holding checkpoints and the run's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+def next_version_dir(root: Path) -> Path:
+    """Create and return ``root/version_N`` for the first free N."""
+    root.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        candidate = root / f"version_{n}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+class RunDirectory(pl.Callback):
+    """Rank 0 creates ``<output_dir>/<recipe>/version_N`` and broadcasts it; checkpoints go below it.
+
+    Broadcasting (rather than every rank computing a name) keeps ranks on other hosts or started
+    at other instants in the same directory name.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.path: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Choose the directory once per job and point the checkpoint callback into it."""
+        if self.path is None:
+            chosen = str(next_version_dir(self.root)) if trainer.is_global_zero else None
+            self.path = Path(trainer.strategy.broadcast(chosen, src=0))
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath is None:
+            checkpoint.dirpath = str(self.path / "checkpoints")
