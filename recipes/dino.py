@@ -21,9 +21,11 @@ class ModelConfig:
     embed_dim: int = 64
     depth: int = 4
     num_heads: int = 4
+    pool: str = "mean"  # "cls" or "mean" of the patch tokens
     out_dim: int = 1024
     head_hidden_dim: int = 256
     bottleneck_dim: int = 64
+    head_norm: str | None = "bn"  # BatchNorm in the head's MLP (DINO's option for small backbones)
 
 
 @dataclass
@@ -34,6 +36,8 @@ class DINOConfig:
     n_local: int = 4
     global_size: int = 28
     local_size: int = 12
+    global_scale: tuple = (0.4, 1.0)
+    local_scale: tuple = (0.05, 0.4)
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
@@ -76,11 +80,13 @@ def build(cfg: Config):
     m, d = cfg.model, cfg.dino
 
     def make_backbone() -> nn.Module:
-        return ViT(img_size=d.global_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads)
+        return ViT(img_size=d.global_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+                   use_cls_token=m.pool == "cls")
 
     student = nn.ModuleDict({
         "backbone": make_backbone(),
-        "head": DINOHead(m.embed_dim, out_dim=m.out_dim, hidden_dim=m.head_hidden_dim, bottleneck_dim=m.bottleneck_dim),
+        "head": DINOHead(m.embed_dim, out_dim=m.out_dim, hidden_dim=m.head_hidden_dim, bottleneck_dim=m.bottleneck_dim,
+                         norm=m.head_norm),
     })
 
     def forward(self, batch, stage):
@@ -88,13 +94,14 @@ def build(cfg: Config):
             return {"embedding": self.student["backbone"](batch["image"]), "label": batch["label"]}
         views = batch["views"]
         g, l = views[: d.n_global], views[d.n_global :]
-        features = self.student["backbone"](torch.cat(g))  # global views batched: one pass per crop size
-        s_out = self.student["head"](features).chunk(len(g))
+        # Views of one size go through the network together: one pass per crop size.
+        s_out = self.student["head"](self.student["backbone"](torch.cat(g))).chunk(len(g))
         if l:
             s_out += self.student["head"](self.student["backbone"](torch.cat(l))).chunk(len(l))
         with torch.no_grad():
             t_out = self.teacher.module["head"](self.teacher.module["backbone"](torch.cat(g))).chunk(len(g))
-        embedding = features[: len(g[0])].detach()  # first global view: what the probe and kNN train on
+            # Probe and kNN learn from un-augmented images, like the held-out images they are scored on.
+            embedding = self.student["backbone"](batch["image"])
         progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
         loss = self.dino_loss(list(s_out), list(t_out), progress)
         self.dino_loss.update_center(t_out)
@@ -109,12 +116,13 @@ def build(cfg: Config):
         dino_loss=DINOLoss(m.out_dim, d.student_temp, d.teacher_temp, d.warmup_teacher_temp, d.warmup_fraction, d.center_momentum),
         hparams={"recipe": "dino"},
     )
-    views = MultiCropViews(global_size=d.global_size, local_size=d.local_size, n_global=d.n_global, n_local=d.n_local)
+    views = MultiCropViews(global_size=d.global_size, local_size=d.local_size, n_global=d.n_global, n_local=d.n_local,
+                           global_scale=d.global_scale, local_scale=d.local_scale)
     loaders = recipe_loaders(cfg.data.dataset, cfg.data.batch_size, cfg.data.val_batch_size, views,
                              cfg.data.num_workers, cfg.data.subset, seed=cfg.trainer.seed, **_dataset_kwargs(cfg))
     callbacks = [
         EMAUpdate("student", "teacher"),
-        OnlineProbe(num_classes=10, embed_dim=m.embed_dim, optimizer={"type": "AdamW", "lr": cfg.probe_lr}),
+        OnlineProbe(num_classes=10, embed_dim=m.embed_dim, optimizer={"type": "AdamW", "lr": cfg.probe_lr}, batch_norm=True),
         OnlineKNN(k=20),
         RankMe(),
     ]

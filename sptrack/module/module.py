@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from sptrack.console import print_table
 from sptrack.errors import ConfigError
 from sptrack.module.lightning_glue import (
     GradientSettings,
@@ -381,12 +382,7 @@ class Module(pl.LightningModule):
 
     @rank_zero_only
     def _print_summary(self) -> None:
-        import shutil
-
-        from rich.console import Console
-
-        # Logs and CI consoles report 80 columns; the table needs more to stay readable.
-        Console(width=max(140, shutil.get_terminal_size().columns)).print(render_summary(self.optimizer_summary()))
+        print_table(render_summary(self.optimizer_summary()))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

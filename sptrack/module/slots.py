@@ -56,7 +56,8 @@ class OptimizerSlot:
             "index": self.index,
             "name": self.name,
             "class": type(self.optimizer).__name__,
-            "lr": float(group["lr"]),
+            # The declared lr: schedulers (warm-up) may have moved the current one already.
+            "lr": float(group.get("initial_lr", group["lr"])),
             "weight_decay": float(group.get("weight_decay", 0.0) or 0.0),
             "modules": self.config.modules if self.config.modules is not None else "<all>",
             "matched_modules": list(self.matched_modules),

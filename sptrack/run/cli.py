@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-epochs", type=int, help="shortcut for trainer.max_epochs")
     parser.add_argument("--seed", type=int, help="shortcut for trainer.seed")
     parser.add_argument("--tracker", choices=TRACKERS, help="experiment tracker (default: the recipe's)")
+    parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (same run, exact cycle position)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and optimizers, do not train")
     return parser
 
@@ -98,5 +99,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     from sptrack.run.train import train
 
-    train(recipe, cfg)
+    train(recipe, cfg, ckpt_path=args.resume)
     return 0

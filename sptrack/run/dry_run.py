@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
-from rich.console import Console
 from rich.table import Table
+
+from sptrack.console import print_table
 
 from sptrack.module.slots import render_summary
 from sptrack.run.config import RecipeConfig, flatten
@@ -14,7 +13,6 @@ from sptrack.run.recipe import Recipe
 
 def print_dry_run(recipe: Recipe, cfg: RecipeConfig) -> list[dict]:
     """Print every resolved key and the optimizer plan (modules, parameter counts); return the plan."""
-    console = Console(width=max(140, shutil.get_terminal_size().columns))
     table = Table(title=f"{recipe.name}: resolved configuration")
     table.add_column("key")
     table.add_column("value")
@@ -22,7 +20,7 @@ def print_dry_run(recipe: Recipe, cfg: RecipeConfig) -> list[dict]:
     for key, value in flatten(cfg).items():
         changed = defaults.get(key, object()) != value
         table.add_row(f"[bold]{key}[/bold]" if changed else key, repr(value))
-    console.print(table)
+    print_table(table)
     experiment = recipe.build(cfg)
     for callback in experiment.callbacks:
         # Callbacks that own optimizers register them on the Module; do it now so the plan shows them.
@@ -30,5 +28,5 @@ def print_dry_run(recipe: Recipe, cfg: RecipeConfig) -> list[dict]:
         if callable(register):
             register(experiment.module)
     plan = experiment.module.plan_optimizers()
-    console.print(render_summary(plan))
+    print_table(render_summary(plan))
     return plan

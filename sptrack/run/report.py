@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
+
+from sptrack.console import print_table
 
 _HEADLINE = ("linear_probe_acc", "random_init_linear_probe_acc")
 
@@ -26,4 +26,4 @@ def print_report(recipe: str, results: dict) -> None:
     ordered = [k for k in _HEADLINE if k in results] + sorted(k for k in results if k not in _HEADLINE)
     for key in ordered:
         table.add_row(key, format_value(results[key]))
-    Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
+    print_table(table)

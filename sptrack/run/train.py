@@ -68,9 +68,14 @@ def final_linear_eval(experiment) -> dict[str, Optional[float]]:
 
 def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) -> dict:
     """Fit ``recipe`` with ``cfg``; on global rank 0 evaluate and print the report. Returns the results."""
+    from sptrack.track import build_tracker, tracker_callbacks
+
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     experiment = recipe.build(cfg)
-    trainer, run_dir = build_trainer(recipe, cfg, experiment.callbacks)
+    t = cfg.tracker
+    tracker = build_tracker(t.kind, uri=t.uri, experiment=t.experiment or recipe.name, run_name=t.run_name)
+    tracking = tracker_callbacks(tracker, config=cfg, recipe_path=str(recipe.path))
+    trainer, run_dir = build_trainer(recipe, cfg, [*experiment.callbacks, *tracking])
     start = time.perf_counter()
     trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
@@ -82,5 +87,7 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     results.update(final_linear_eval(experiment))
     results["run_dir"] = str(run_dir.path)
     results["checkpoint"] = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    if tracker.run_id:
+        results["tracker_run"] = f"{t.kind} {tracker.run_id}"
     print_report(recipe.name, results)
     return results

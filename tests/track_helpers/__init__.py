@@ -1,0 +1,1 @@
+"""Helpers for the tracker tests: a real MLflow server fixture, a `.wandb` file reader, workers."""
