@@ -151,7 +151,7 @@ def test_summary_params_name_every_field_per_optimizer():
 
 
 def test_mlflow_batches_respect_the_limits():
-    from sptrack.track.mlflow_tracker import _take_chunk
+    from sptrack.track.mlflow_spill import _take_chunk
 
     ops = collections.deque({"t": "m", "k": "a", "v": 1.0, "ts": 0, "s": i} for i in range(2500))
     ops.extend({"t": "p", "k": f"p{i}", "v": "x"} for i in range(150))

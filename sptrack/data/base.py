@@ -101,3 +101,22 @@ def split_indices(labels: np.ndarray, n_val: int, split: str, seed: int) -> np.n
     if split == "val":
         return val_rows
     return np.setdiff1d(np.arange(n), val_rows, assume_unique=True)
+
+
+class SplitImageDataset(TensorImageDataset):
+    """A packaged image set cut into seeded, class-stratified train/val splits.
+
+    Subclasses set ``load`` (a function returning all ``(images, labels)``) and ``val_size``.
+    """
+
+    load: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    val_size: int
+
+    def __init__(self, split: str = "train", seed: int = 0, gpu_transform: Optional[Callable[[dict], dict]] = None):
+        check_split(split)
+        images, labels = type(self).load()
+        rows = torch.from_numpy(split_indices(labels.numpy(), self.val_size, split, seed))
+        super().__init__(images[rows], labels[rows], rows, gpu_transform=gpu_transform)
+        self.split = split
+        self.seed = seed
+

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from sptrack.data.base import TensorImageDataset, check_split, split_indices
+from sptrack.data.base import SplitImageDataset
 
 #: Rows held out for the "val" split (about 20%); the other 1,437 are "train".
 DIGITS_VAL_SIZE = 360
@@ -25,7 +24,7 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
 
 
-class Digits(TensorImageDataset):
+class Digits(SplitImageDataset):
     """scikit-learn's ``load_digits()``: 1,797 8×8 single-channel digits, 10 classes.
 
     ``split="train"`` has 1,437 rows, ``"val"`` 360, ``"all"`` 1,797; the partition is seeded and
@@ -37,10 +36,5 @@ class Digits(TensorImageDataset):
         gpu_transform: optional batch-level transform (see :class:`TensorImageDataset`).
     """
 
-    def __init__(self, split: str = "train", seed: int = 0, gpu_transform: Optional[Callable[[dict], dict]] = None):
-        check_split(split)
-        images, labels = load_digits_tensors()
-        rows = torch.from_numpy(split_indices(labels.numpy(), DIGITS_VAL_SIZE, split, seed))
-        super().__init__(images[rows], labels[rows], rows, gpu_transform=gpu_transform)
-        self.split = split
-        self.seed = seed
+    load = staticmethod(load_digits_tensors)
+    val_size = DIGITS_VAL_SIZE

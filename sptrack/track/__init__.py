@@ -90,7 +90,7 @@ __all__ = [
 
 _LAZY = {
     "MLflowTracker": "sptrack.track.mlflow_tracker",
-    "replay": "sptrack.track.mlflow_tracker",
+    "replay": "sptrack.track.mlflow_spill",
     "WandbTracker": "sptrack.track.wandb_tracker",
     "TrackerLogger": "sptrack.track.lightning",
 }
