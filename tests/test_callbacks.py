@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import trainer
+from dist.launch import torchrun
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import sptrack
-from conftest import RecordingLogger, trainer
 from sptrack.callbacks import (
     EMATeacher,
     EMAUpdate,
@@ -335,26 +333,8 @@ def _ddp_worker(out: Path) -> None:
     }, out / f"rank{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_evaluation_metrics_are_global_under_ddp(tmp_path):
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(root), env.get("PYTHONPATH", "")]))
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}", __file__, str(tmp_path)]
-    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"DDP run timed out\n{output[-8000:]}")
-    assert proc.returncode == 0, output[-8000:]
+    torchrun(__file__, str(tmp_path), nproc=2, timeout=120)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["global_step"] == 8
     for key in ranks[0]["probe"]:

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from dist.launch import run, torchrun
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -37,53 +34,12 @@ _spec.loader.exec_module(worker)
 
 STEPS = worker.MAX_EPOCHS * (worker.NUM_SAMPLES // worker.GLOBAL_BATCH)  # 10 accumulation boundaries
 HEAD_STEPS = STEPS // 2  # the frequency-2 optimizer
-_TORCHRUN_VARS = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
-    "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "TORCHELASTIC_RUN_ID",
-    "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE",
-)
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARS and not k.startswith("SLURM_")}
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(args: list[str]) -> str:
-    """Run a command in its own process group; fail with its output on error or timeout."""
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the workers it started
-        output, _ = proc.communicate()
-        pytest.fail(f"timed out after {TIMEOUT_S}s: {' '.join(args)}\n--- output ---\n{output[-12000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"exit code {proc.returncode}: {' '.join(args)}\n--- output ---\n{output[-12000:]}")
-    return output
-
-
 def _load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
 def _torchrun(strategy: str, out: Path) -> list[dict]:
-    _run([
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={NPROC}", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        str(DIST / "train_worker.py"), "--strategy", strategy, "--out", str(out),
-    ])
+    torchrun(DIST / "train_worker.py", "--strategy", strategy, "--out", str(out), nproc=NPROC, timeout=TIMEOUT_S)
     return [_load(out / f"rank{r}.pt") for r in range(NPROC)]
 
 
@@ -91,7 +47,7 @@ def _torchrun(strategy: str, out: Path) -> list[dict]:
 def reference(tmp_path_factory) -> dict:
     """The single-process run (no torchrun: WORLD_SIZE unset), same script, batch size 2B."""
     out = tmp_path_factory.mktemp("reference")
-    _run([sys.executable, str(DIST / "train_worker.py"), "--out", str(out)])
+    run([sys.executable, str(DIST / "train_worker.py"), "--out", str(out)], timeout=TIMEOUT_S)
     return _load(out / "rank0.pt")
 
 
@@ -167,7 +123,7 @@ def test_reject_fsdp1_refuses_only_fsdp1():
 
 def test_fit_under_fsdp1_is_rejected_by_module_setup():
     """Lightning refuses FSDP1 on CPU itself, so the worker uses a trivial FSDPStrategy subclass to reach our check."""
-    output = _run([sys.executable, str(DIST / "fsdp1_worker.py")])
+    output = run([sys.executable, str(DIST / "fsdp1_worker.py")], timeout=TIMEOUT_S)
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 1, output[-12000:]
     result = json.loads(lines[0][len("RESULT "):])

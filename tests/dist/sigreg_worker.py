@@ -1,0 +1,34 @@
+"""SIGReg / LeJEPA loss on this rank's share of a fixed global batch; writes value and input gradient.
+
+Run under torchrun (gloo) or alone (the whole batch). Rank r of W takes rows [r*N/W, (r+1)*N/W) of
+every view.
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from sptrack.methods import LeJEPALoss, SIGReg
+
+torch.set_num_threads(1)
+out = sys.argv[1]
+world = int(os.environ.get("WORLD_SIZE", "1"))
+rank = int(os.environ.get("RANK", "0"))
+if world > 1:
+    dist.init_process_group("gloo")
+
+g = torch.Generator().manual_seed(0)
+z_all = torch.randn(4, 64, 16, generator=g, dtype=torch.float64) * 1.3 + 0.2  # (views, N, dim)
+rows = slice(rank * 64 // world, (rank + 1) * 64 // world)
+z = z_all[:, rows].clone().requires_grad_(True)
+sig = SIGReg(num_slices=128, seed=5).double()(z, step=7)
+sig.backward()
+z2 = z_all[:, rows].clone().requires_grad_(True)
+lejepa = LeJEPALoss(lamb=0.3, num_slices=128, seed=5).double()(z2, n_global=2, step=7)
+lejepa.loss.backward()
+torch.save({"sigreg": sig.detach(), "grad": z.grad, "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(),
+            "lejepa_grad": z2.grad, "world": world}, f"{out}/rank{rank}.pt")
+if world > 1:
+    dist.destroy_process_group()

@@ -1,0 +1,145 @@
+"""I-JEPA: block-mask sampler properties over many draws, context-only encoding, targets, predictor batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sptrack.data.masks import BlockMaskSampler, IJEPAMasks
+from sptrack.errors import ConfigError
+from sptrack.methods import gather_tokens, ijepa_loss, ijepa_targets, predict_blocks
+from sptrack.nn import ViT, ViTPredictor
+
+
+def _rect(idx: torch.Tensor, cols: int) -> tuple[int, int, int, int]:
+    rows_, cols_ = (idx // cols).tolist(), (idx % cols).tolist()
+    return min(rows_), max(rows_), min(cols_), max(cols_)
+
+
+@pytest.mark.parametrize("grid", [(7, 7), (14, 14), (5, 9)])
+def test_block_masks_properties_over_many_draws(grid):
+    rows, cols = grid
+    n = rows * cols
+    sampler = BlockMaskSampler(grid, num_targets=4, min_context=4)
+    g = torch.Generator().manual_seed(0)
+    areas, aspects = [], []
+    for _ in range(150):
+        masks = sampler.sample(6, g)
+        b, m, k = masks.targets.shape
+        h, w = masks.target_shape
+        assert (b, m, k) == (6, 4, h * w)  # same count for every image and block: no padding
+        assert masks.context.shape[0] == 6 and masks.context.shape[1] >= 4
+        areas.append(h * w / n)
+        aspects.append(h / w)
+        ch, cw = masks.context_shape
+        for i in range(6):
+            ctx = masks.context[i]
+            assert torch.equal(ctx, ctx.unique()), "context indices are sorted and unique"
+            assert ctx.min() >= 0 and ctx.max() < n
+            r0, r1, c0, c1 = _rect(ctx, cols)
+            assert r1 - r0 < ch and c1 - c0 < cw, "context lies inside one context block"
+            for block in masks.targets[i]:
+                assert torch.equal(block, block.unique())
+                r0, r1, c0, c1 = _rect(block, cols)
+                assert (r1 - r0 + 1, c1 - c0 + 1) == (h, w), "each target is a full h x w rectangle"
+                assert not torch.isin(ctx, block).any(), "no context patch is a target patch"
+    areas, aspects = torch.tensor(areas), torch.tensor(aspects)
+    if n >= 49:
+        # Rounding to whole patches widens the ranges a little on small grids; the centre must be right.
+        assert 0.12 <= areas.min() and areas.max() <= 0.26 and abs(areas.mean() - 0.175) < 0.03
+        assert 0.5 <= aspects.min() and aspects.max() <= 2.0
+
+
+def test_block_masks_are_deterministic_under_a_seed():
+    sampler = BlockMaskSampler(7)
+    a = sampler.sample(8, torch.Generator().manual_seed(3))
+    b = sampler.sample(8, torch.Generator().manual_seed(3))
+    c = sampler.sample(8, torch.Generator().manual_seed(4))
+    assert torch.equal(a.context, b.context) and torch.equal(a.targets, b.targets)
+    assert not (a.context.shape == c.context.shape and torch.equal(a.context, c.context))
+
+
+def test_context_is_trimmed_by_random_subset_not_prefix():
+    """Cutting every context to the batch minimum keeps a random subset: later rows of the block survive."""
+    sampler = BlockMaskSampler(14, context_scale=(0.85, 1.0))
+    g = torch.Generator().manual_seed(0)
+    last_rows = 0
+    for _ in range(20):
+        masks = sampler.sample(16, g)
+        last_rows += int((masks.context // 14 >= 10).sum())
+    assert last_rows > 0
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"num_targets": 0}, "ijepa.num_targets"), ({"target_scale": (0.3, 0.2)}, "ijepa.target_scale"),
+    ({"context_scale": (0.0, 1.0)}, "ijepa.context_scale"), ({"min_context": 49}, "ijepa.min_context"),
+])
+def test_bad_mask_settings_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError) as err:
+        BlockMaskSampler(7, **kwargs)
+    assert key in str(err.value)
+
+
+def test_impossible_masks_raise_a_clear_error():
+    sampler = BlockMaskSampler(4, num_targets=4, target_scale=(0.9, 1.0), min_context=3, max_tries=5)
+    with pytest.raises(ConfigError, match="ijepa.min_context"):
+        sampler.sample(2, torch.Generator().manual_seed(0))
+
+
+def test_transform_adds_masks_on_the_batch_device():
+    transform = IJEPAMasks(BlockMaskSampler(7), seed=1)
+    batch = {"image": torch.rand(5, 1, 28, 28), "label": torch.arange(5)}
+    out = transform(batch)
+    assert out["context_idx"].dtype == torch.long and out["target_idx"].shape[:2] == (5, 4)
+    assert "context_idx" not in batch  # the input batch is left alone
+
+
+def _models():
+    torch.manual_seed(0)
+    encoder = ViT(28, 4, embed_dim=32, depth=2, num_heads=2, use_cls_token=False)
+    predictor = ViTPredictor(encoder.grid_size, 32, predictor_dim=16, depth=1, num_heads=2)
+    return encoder, predictor
+
+
+def test_context_encoder_and_predictor_only_see_context_patches():
+    encoder, predictor = _models()
+    masks = BlockMaskSampler(7).sample(3, torch.Generator().manual_seed(2))
+    images = torch.rand(3, 1, 28, 28)
+    context_pixels = torch.zeros(3, 49, dtype=torch.bool)
+    context_pixels.scatter_(1, masks.context, True)
+    pixel_mask = context_pixels.view(3, 1, 7, 1, 7, 1).expand(3, 1, 7, 4, 7, 4).reshape(3, 1, 28, 28)
+    changed = torch.where(pixel_mask, images, torch.rand(3, 1, 28, 28))  # every non-context pixel redrawn
+
+    def predict(x):
+        return predict_blocks(predictor, encoder.forward_tokens(x, keep=masks.context), masks.context, masks.targets)
+
+    assert torch.equal(predict(images), predict(changed))
+    # And the gradient of the loss reaches the image only through context patches.
+    x = images.clone().requires_grad_(True)
+    targets = torch.randn(3, 4, masks.targets.shape[-1], 32)
+    ijepa_loss(predict(x), targets).backward()
+    assert x.grad[~pixel_mask].abs().max() == 0 and x.grad[pixel_mask].abs().max() > 0
+
+
+def test_each_block_is_predicted_on_its_own():
+    """Block j of image i equals the predictor run on (context i, block j) alone."""
+    encoder, predictor = _models()
+    masks = BlockMaskSampler(7).sample(2, torch.Generator().manual_seed(5))
+    context = encoder.forward_tokens(torch.rand(2, 1, 28, 28), keep=masks.context)
+    out = predict_blocks(predictor, context, masks.context, masks.targets)
+    for i in range(2):
+        for j in range(4):
+            alone = predictor(context[i : i + 1], masks.context[i : i + 1], masks.targets[i, j][None])
+            assert torch.allclose(out[i, j], alone[0], atol=1e-6)
+
+
+def test_targets_are_layer_normed_teacher_tokens_at_target_positions():
+    tokens = torch.randn(2, 49, 8) * 3 + 1
+    idx = torch.randint(0, 49, (2, 4, 6))
+    targets = ijepa_targets(tokens, idx)
+    for b in range(2):
+        for j in range(4):
+            expected = F.layer_norm(tokens[b, idx[b, j]], (8,))
+            assert torch.allclose(targets[b, j], expected, atol=1e-6)
+    assert torch.equal(gather_tokens(tokens, idx)[1, 2, 3], tokens[1, idx[1, 2, 3]])
