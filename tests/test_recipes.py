@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
 
 import pytest
 import torch
 
+from dist.launch import run
 from sptrack.run.cli import main
 from sptrack.run.config import apply_overrides
 from sptrack.run.recipe import load_recipe
@@ -54,3 +57,12 @@ def test_recipe_dry_run_lists_its_named_optimizers(name, tmp_path, capsys):
     assert main([f"recipes/{name}.py", *TINY[name], f"trainer.output_dir={tmp_path}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert all(opt in out for opt in OPTIMIZERS[name]) and not (tmp_path / name).exists()
+
+
+def test_ijepa_runs_under_fsdp2_with_two_processes(tmp_path):
+    """The EMA teacher's inner ViT and the encoder's forward_tokens entry point are gathered by FSDP2."""
+    output = run([sys.executable, "-m", "sptrack.run", "recipes/ijepa.py", *TINY["ijepa"], "data.batch_size=16",
+                  f"trainer.output_dir={tmp_path}", "--devices", "2", "--strategy", "fsdp2"], timeout=240)
+    assert "sptrack ijepa: results" in output and "linear_probe_acc" in output
+    assert re.search(r"global_step\s*│\s*2\s*│", output)
+    assert (tmp_path / "ijepa" / "version_0" / "checkpoints" / "last.ckpt").is_dir()  # a sharded (distributed) checkpoint

@@ -47,6 +47,9 @@ class EMATeacher(nn.Module):
             has drop_path/dropout: the teacher of DINO and I-JEPA has none.
     """
 
+    # Under FSDP2 the copy's own modules become the units: recipes call ``teacher.module...`` directly.
+    fsdp_transparent = True
+
     def __init__(self, student: nn.Module, base: float = 0.996, final: float = 1.0, buffers: str = "copy", eval_mode: bool = False):
         super().__init__()
         if not 0.0 <= base <= 1.0 or not 0.0 <= final <= 1.0:

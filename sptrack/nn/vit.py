@@ -48,6 +48,9 @@ class ViT(nn.Module):
             is read as its central 12x12, a 3x3 grid).
     """
 
+    # FSDP2 must gather the parameters on this entry point too (forward_tokens bypasses forward).
+    fsdp_forward_methods = ("forward_features",)
+
     def __init__(
         self,
         img_size: Union[int, Sequence[int]] = 28,

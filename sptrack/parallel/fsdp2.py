@@ -75,23 +75,53 @@ def is_sharded(module: nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def default_parallelize_fn(module: nn.Module, device_mesh) -> nn.Module:
-    """Shard every parameter-owning child, then the root, on the data-parallel mesh.
+def is_container(module: nn.Module) -> bool:
+    """A module that only groups others (ModuleDict, ModuleList, no ``forward`` of its own).
 
-    Each callback module (``callbacks_modules[name]``, ``callbacks_metrics[name]``) becomes its own
-    FSDP unit rather than part of the root's: callbacks call them outside the Module's forward, and
-    a unit of their own gathers its parameters on every call and averages its gradients across ranks.
+    Nobody calls a container, so an FSDP unit on it would never gather its parameters: its
+    children become the units instead.
+    """
+    if getattr(module, "fsdp_transparent", False):  # a wrapper whose inner modules are called directly
+        return True
+    return isinstance(module, (nn.ModuleDict, nn.ModuleList)) or type(module).forward is nn.Module.forward
+
+
+def _shard_units(module: nn.Module, mesh) -> None:
+    """Post-order: containers are walked through; every called module with parameters becomes a unit.
+
+    A called module's container children are walked first, so a ViT gets one unit per block (the
+    usual FSDP granularity) and a wrapper such as an EMA teacher, whose inner modules are called
+    directly (``teacher.module["head"](...)``), gets one unit per inner module.
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    if not any(True for _ in module.parameters()):
+        return
+    for child in module.children():
+        if is_container(module) or is_container(child):
+            _shard_units(child, mesh)
+    if is_container(module):
+        return
+    fully_shard(module, mesh=mesh)
+    # Entry points other than forward (e.g. ViT.forward_features, used by forward_tokens) must gather too.
+    for method in getattr(module, "fsdp_forward_methods", ()):
+        register_fsdp_forward_method(module, method)
+
+
+def default_parallelize_fn(module: nn.Module, device_mesh) -> nn.Module:
+    """Shard the Module on the data-parallel mesh: every called sub-module with parameters, then the root.
+
+    Containers (ModuleDict/ModuleList) are never units themselves, their members are (see
+    :func:`_shard_units`). Each callback module (``callbacks_modules[name]``,
+    ``callbacks_metrics[name]``) is its own unit: callbacks call them outside the Module's forward,
+    and a unit of their own gathers its parameters on every call and averages its gradients across ranks.
     """
     from torch.distributed.fsdp import fully_shard
 
     names = device_mesh.mesh_dim_names or ()
     mesh = device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
-    callback_containers = ("callbacks_modules", "callbacks_metrics")
-    for name, child in module.named_children():
-        units = child.children() if name in callback_containers else [child]
-        for unit in units:
-            if any(True for _ in unit.parameters()):
-                fully_shard(unit, mesh=mesh)
+    for child in module.children():
+        _shard_units(child, mesh)
     fully_shard(module, mesh=mesh)
     return module
 

@@ -33,7 +33,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracker", choices=TRACKERS, help="experiment tracker (default: the recipe's)")
     parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (same run, exact cycle position)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and optimizers, do not train")
+    _add_sweep_arguments(parser)
     return parser
+
+
+#: Sweep options (``--sweep``): flag -> (SweepOptions field, type, help). Parsed here, checked by
+#: sptrack.tune.options (imported only when --sweep is given, so --help never loads optuna).
+SWEEP_FLAGS = {
+    "--trials": ("trials", int, "total trials of the study (all workers and re-runs together)"),
+    "--storage": ("storage", str, "sqlite:///PATH.db (default <output_dir>/<recipe>/optuna.db), journal:PATH.log, or a database URL"),
+    "--study": ("study", str, "study name (default <recipe>-sweep); re-running resumes it"),
+    "--workers": ("workers", int, "worker processes on the study (K separate commands work too)"),
+    "--sampler": ("sampler", str, "tpe (default), cmaes or random"),
+    "--pruner": ("pruner", str, "median (default), hyperband or none"),
+    "--objective": ("objective", str, "metric to optimise (default eval/knn_acc)"),
+    "--direction": ("direction", str, "max (default) or min"),
+    "--prune-every": ("prune_every", int, "report to the pruner every K optimizer steps (default 50)"),
+    "--prune-metric": ("prune_metric", str, "metric reported to the pruner (default: the objective)"),
+    "--prune-startup": ("prune_startup", int, "trials before the median pruner prunes (default 3)"),
+    "--heartbeat": ("heartbeat_s", int, "heartbeat seconds; silent trials are retried after twice that (default 60)"),
+}
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sweeps (Optuna)")
+    group.add_argument("--sweep", action="store_true", help="run an Optuna study over the recipe's search_space")
+    for flag, (dest, kind, text) in SWEEP_FLAGS.items():
+        group.add_argument(flag, dest=f"sweep_{dest}", type=kind, metavar=dest.split("_")[0].upper(), help=text)
+
+
+def sweep_options(args: argparse.Namespace):
+    """The ``SweepOptions`` of ``--sweep`` (defaults for flags not given); sweep flags without --sweep are an error."""
+    given = {dest: getattr(args, f"sweep_{dest}") for dest, _, _ in SWEEP_FLAGS.values() if getattr(args, f"sweep_{dest}") is not None}
+    if not args.sweep:
+        if given:
+            flag = next(f for f, (d, _, _) in SWEEP_FLAGS.items() if d in given)
+            raise ConfigError(flag, "only applies to sweeps.", f"Add --sweep, or drop {flag}.")
+        return None
+    if args.resume:
+        raise ConfigError("--resume", "cannot be combined with --sweep.", "Re-run the same --sweep command to resume a study.")
+    from sptrack.tune.options import SweepOptions
+
+    return SweepOptions(**given)
 
 
 def _general_help(parser: argparse.ArgumentParser) -> str:
@@ -89,9 +130,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(recipe_help(recipe))
             return 0
         cfg = resolve_config(recipe, args.overrides, args)
+        sweep = sweep_options(args)
+        if sweep is not None:
+            from sptrack.tune.study import prepare
+
+            space = prepare(recipe, cfg, sweep)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if sweep is not None:
+        if args.dry_run:
+            from sptrack.tune.study import storage_spec, study_name
+
+            print(f"study {study_name(recipe, sweep)} in {storage_spec(recipe, cfg, sweep).url}: {sweep.trials} trials, "
+                  f"objective {sweep.objective} ({sweep.direction})")
+            for key, described in space.describe():
+                print(f"  {key}: {described}")
+            return 0
+        from sptrack.tune.study import run_sweep
+
+        try:
+            return run_sweep(recipe, cfg, sweep, list(sys.argv[1:] if argv is None else argv))
+        except ConfigError as err:  # e.g. an existing study made with another direction
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.dry_run:
         from sptrack.run.dry_run import print_dry_run
 

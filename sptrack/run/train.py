@@ -57,10 +57,26 @@ def build_trainer(recipe: Recipe, cfg: RecipeConfig, callbacks: list, logger: An
     return trainer, run_dir
 
 
-def final_linear_eval(experiment) -> dict[str, Optional[float]]:
-    """Held-out linear-probe accuracy of the trained encoder and of a random-init one."""
+def plain_encoder(experiment):
+    """The trained encoder as an ordinary module; under FSDP2 a gathered copy (a collective: every rank calls it)."""
+    from torch.distributed.tensor import DTensor
+
+    from sptrack.parallel.fsdp2 import to_full_tensor
+
+    encoder = experiment.encoder
+    if not any(isinstance(p, DTensor) for p in encoder.parameters()):
+        return encoder
+    full = {k: to_full_tensor(v).cpu() for k, v in encoder.state_dict().items()}
+    copy = experiment.encoder_factory()
+    copy.load_state_dict(full)
+    return copy
+
+
+def final_linear_eval(experiment, encoder=None) -> dict[str, Optional[float]]:
+    """Held-out linear-probe accuracy of the trained encoder (or ``encoder``) and of a random-init one."""
     train_loader = experiment.eval_train_loader or experiment.train_loader
-    trained = linear_probe_accuracy(experiment.encoder, experiment.embed, train_loader, experiment.val_loader)
+    encoder = experiment.encoder if encoder is None else encoder
+    trained = linear_probe_accuracy(encoder, experiment.embed, train_loader, experiment.val_loader)
     torch.manual_seed(0)
     baseline = linear_probe_accuracy(experiment.encoder_factory(), experiment.embed, train_loader, experiment.val_loader)
     return {"linear_probe_acc": trained, "random_init_linear_probe_acc": baseline}
@@ -82,9 +98,10 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     results: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     results["wall_time_s"] = wall
     results["global_step"] = trainer.global_step
+    encoder = plain_encoder(experiment)
     if not trainer.is_global_zero:
         return results
-    results.update(final_linear_eval(experiment))
+    results.update(final_linear_eval(experiment, encoder))
     results["run_dir"] = str(run_dir.path)
     results["checkpoint"] = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if tracker.run_id:

@@ -1,0 +1,115 @@
+"""One trial on every rank: the recipe built with the sampled params, trained, measured.
+
+:func:`run_trial` is called by every rank with the same ``params`` (broadcast by rank 0). It
+builds the recipe with them, trains with the recipe's callbacks plus the trial's tracker (rank 0
+only starts it), :class:`~sptrack.tune.pruning.TrialMonitor` and
+:class:`~sptrack.tune.tracking.TrialTags`, and returns a :class:`TrialResult`: COMPLETE with the
+objective, PRUNED, or FAIL (an exception, a non-finite loss, or an objective that was not logged).
+
+No checkpoints are written (a trial of a killed worker is retried from scratch) and no progress
+bar is drawn; each trial trains in ``<output_dir>/<recipe>/sweeps/<study>/trial-<number>``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from sptrack.tune.pruning import NonFiniteLossError, TrialMonitor, is_eval_metric
+from sptrack.tune.tracking import TrialTags, trial_tags, trial_tracker
+
+
+@dataclass
+class TrialResult:
+    """What rank 0 tells the study: ``state`` is COMPLETE, PRUNED or FAIL."""
+
+    state: str
+    value: Optional[float] = None
+    run_id: Optional[str] = None
+    step: int = 0
+    error: Optional[str] = None
+    reported: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one sweep shares."""
+
+    recipe: Any
+    base_cfg: Any
+    study_name: str
+    objective: str
+    monitor: str
+    every_n_steps: int
+    parent_run_id: Optional[str] = None
+    distributed: bool = False
+
+
+def trial_dir(ctx: TrialContext, number: int) -> Path:
+    """Where trial ``number`` trains (the same path on every rank)."""
+    return Path(ctx.base_cfg.trainer.output_dir) / ctx.recipe.name / "sweeps" / ctx.study_name / f"trial-{number}"
+
+
+def _trainer_kwargs(cfg: Any, ctx: TrialContext) -> dict:
+    from sptrack.run.train import trainer_kwargs
+
+    kwargs = trainer_kwargs(cfg)
+    if is_eval_metric(ctx.monitor):
+        # Held-out evaluation (probe / kNN / RankMe) every K optimizer steps, counted across epochs.
+        kwargs["val_check_interval"] = ctx.every_n_steps * max(1, cfg.trainer.accumulate_grad_batches)
+        kwargs["check_val_every_n_epoch"] = None
+    kwargs.update(enable_checkpointing=False, enable_progress_bar=False)
+    return kwargs
+
+
+def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: Any = None) -> TrialResult:
+    """Train trial ``number`` with ``params``; ``trial`` is the ``optuna.Trial`` on rank 0, None elsewhere."""
+    import lightning.pytorch as pl
+
+    from sptrack.module.trainer import Trainer
+    from sptrack.track import tracker_callbacks
+    from sptrack.tune.space import SearchSpace
+
+    start = time.perf_counter()
+    tracker = None
+    monitor = TrialMonitor(trial, ctx.monitor, ctx.every_n_steps, ctx.objective)
+    try:
+        cfg = SearchSpace.apply(ctx.base_cfg, params)
+        folder = trial_dir(ctx, number)
+        cfg.trainer.output_dir = str(folder)
+        pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+        experiment = ctx.recipe.build(cfg)
+        tracker = trial_tracker(cfg, ctx.recipe.name, ctx.study_name, number, params, ctx.parent_run_id)
+        tags = TrialTags(tracker, trial_tags(ctx.study_name, number, params), monitor)
+        callbacks = [*experiment.callbacks, *tracker_callbacks(tracker, config=cfg, recipe_path=str(ctx.recipe.path)), monitor, tags]
+        trainer = Trainer(**_trainer_kwargs(cfg, ctx), callbacks=callbacks, logger=False, default_root_dir=str(folder))
+        trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader)
+    except NonFiniteLossError as err:
+        return _result("FAIL", tracker, monitor, start, error=str(err))
+    except Exception as err:  # noqa: BLE001 - a failing trial must not end the study
+        if ctx.distributed:
+            # Only errors every rank sees at the same point are survivable; others end the command
+            # (torchrun stops the ranks) and the heartbeat fails and retries the trial.
+            from sptrack.errors import ConfigError
+
+            if not isinstance(err, ConfigError):
+                raise
+        return _result("FAIL", tracker, monitor, start, error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
+    if monitor.pruned_at is not None:
+        return _result("PRUNED", tracker, monitor, start)
+    if monitor.value is None or not math.isfinite(monitor.value):
+        logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
+        return _result("FAIL", tracker, monitor, start, error=f"the objective {ctx.objective!r} was not logged as a finite number (logged: {logged}).")
+    return _result("COMPLETE", tracker, monitor, start, value=monitor.value)
+
+
+def _result(state: str, tracker: Any, monitor: TrialMonitor, start: float, value: Optional[float] = None, error: Optional[str] = None) -> TrialResult:
+    return TrialResult(
+        state=state, value=value, run_id=getattr(tracker, "run_id", None), step=monitor.last_step,
+        error=error, reported=dict(monitor.reported), wall_s=time.perf_counter() - start,
+    )

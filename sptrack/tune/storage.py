@@ -1,0 +1,133 @@
+"""Where a study lives: an embedded SQLite file (default), an Optuna journal file, or any RDB URL.
+
+``--storage`` accepts
+
+* nothing: ``sqlite:///<trainer.output_dir>/<recipe>/optuna.db``;
+* ``sqlite:///PATH`` or a path ending in ``.db``/``.sqlite``/``.sqlite3``: SQLite (fine for a few
+  local workers; a 30 s lock timeout rides out concurrent writes);
+* ``journal:PATH`` / ``journal:///PATH`` or a path ending in ``.log``/``.journal``/``.jsonl``:
+  Optuna's journal file (the safer choice on network file systems; Optuna 5 has no heartbeat for
+  it, so a killed worker's trial is not retried automatically);
+* any other SQLAlchemy URL (``postgresql://...``, ``mysql+pymysql://...``): that database.
+
+RDB storages get Optuna's heartbeat: a running trial whose worker stops beating for
+``2 x heartbeat`` seconds is marked FAIL by the next worker that asks for a trial, and a copy of
+it (same parameters) is queued by ``RetryHeartbeatStaleTrialCallback``.
+
+Workers admit new trials under an exclusive file lock next to a SQLite/journal file, so that
+"count, then ask" cannot overshoot the requested number of trials; remote databases have no such
+lock (see :func:`admission_lock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Optional
+from urllib.parse import urlparse
+
+from sptrack.errors import ConfigError, suggestion
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """A resolved ``--storage``: ``kind`` is ``"rdb"`` or ``"journal"``; ``path`` is the local file, if any."""
+
+    kind: str
+    url: str
+    path: Optional[str] = None
+
+    @property
+    def dashboard_command(self) -> str:
+        """The command that opens optuna-dashboard on this storage."""
+        return f"optuna-dashboard {self.path if self.kind == 'journal' else self.url}"
+
+    @property
+    def heartbeat(self) -> bool:
+        """Whether Optuna can track live trials (and retry those of dead workers) on this storage."""
+        return self.kind == "rdb"
+
+
+def resolve_storage(storage: Optional[str], default_dir: str) -> StorageSpec:
+    """Parse ``--storage`` (None: a SQLite file in ``default_dir``)."""
+    if storage is None:
+        path = os.path.abspath(os.path.join(default_dir, "optuna.db"))
+        return StorageSpec("rdb", "sqlite:///" + path, path)
+    text = storage.strip()
+    if not text:
+        raise ConfigError("--storage", "is empty.", "Give e.g. sqlite:///sweeps.db or journal:sweeps.log.")
+    if text.startswith("journal:"):
+        path = text[len("journal:"):]
+        path = path[2:] if path.startswith("///") else path  # journal:///abs/path -> /abs/path
+        if not path:
+            raise ConfigError("--storage", f"{storage!r} names no journal file.", "Write journal:PATH.")
+        return StorageSpec("journal", "journal:" + os.path.abspath(path), os.path.abspath(path))
+    scheme = urlparse(text).scheme.split("+", 1)[0].lower()
+    if "://" not in text:
+        if text.endswith(_SQLITE_SUFFIXES):
+            path = os.path.abspath(text)
+            return StorageSpec("rdb", "sqlite:///" + path, path)
+        if text.endswith(_JOURNAL_SUFFIXES):
+            path = os.path.abspath(text)
+            return StorageSpec("journal", "journal:" + path, path)
+        raise ConfigError("--storage", f"{storage!r} is neither a URL nor a .db / .log file.",
+                          "Use sqlite:///PATH.db, journal:PATH.log or a database URL such as postgresql://user@host/db.")
+    if scheme not in _RDB_SCHEMES:
+        raise ConfigError("--storage", f"unknown storage scheme {scheme!r}.",
+                          (suggestion(scheme, [*_RDB_SCHEMES, "journal"]) + " Use sqlite:///, journal:, or an SQLAlchemy database URL.").strip())
+    if scheme == "sqlite":
+        raw = text.split(":///", 1)[1] if ":///" in text else ""
+        if not raw or raw == ":memory:":
+            raise ConfigError("--storage", f"{storage!r} is not a SQLite file.", "Workers share a study through a file: sqlite:///PATH.db.")
+        path = os.path.abspath(raw)
+        return StorageSpec("rdb", "sqlite:///" + path, path)
+    return StorageSpec("rdb", text)
+
+
+def open_storage(spec: StorageSpec, heartbeat_s: int, max_retry: int):
+    """The Optuna storage object for ``spec`` (creates a SQLite file's folder)."""
+    import optuna
+    from optuna.exceptions import ExperimentalWarning
+
+    if spec.path:
+        os.makedirs(os.path.dirname(spec.path) or ".", exist_ok=True)
+    if spec.kind == "journal":
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(spec.path))
+    engine_kwargs = {"connect_args": {"timeout": 30}} if spec.url.startswith("sqlite") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat and its retry callback are "experimental"
+        return optuna.storages.RDBStorage(
+            spec.url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
+
+
+@contextlib.contextmanager
+def admission_lock(spec: StorageSpec) -> Iterator[None]:
+    """Exclusive across processes (and machines sharing the file system) for file storages.
+
+    For a remote database there is no lock: two workers that both see one trial left at the same
+    instant may both start one (the study then holds one extra trial; none is lost or duplicated).
+    """
+    if not spec.path:
+        yield
+        return
+    import fcntl
+
+    with open(spec.path + ".sptrack-lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

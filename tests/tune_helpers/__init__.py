@@ -1,0 +1,1 @@
+"""Helpers for the sweep tests (tests/test_tune*.py)."""
