@@ -1,6 +1,6 @@
 """What experiment tracking costs a training epoch: no tracker vs MLflow (embedded SQLite) vs W&B offline.
 
-    python bench/tracker_cost.py [--model conv|mlp] [--reps 5] [--batches 100] [--out DIR]
+    python bench/tracker_cost.py [--model conv|mlp] [--reps 5] [--batches 100] [--out DIR] [--json PATH]
 
 The same small three-optimizer job (backbone SGD every step, projector AdamW every step, head
 AdamW every 2nd step, step cosine schedulers; four metrics logged every step with
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=int, default=128, help="mlp width")
     parser.add_argument("--out", default=None, help="working directory (default: a temporary one)")
+    parser.add_argument("--json", default=None, help="also write the summary as JSON to this path (bench/run.py uses it)")
     args = parser.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="sptrack-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -176,6 +177,24 @@ def main() -> None:
               f"{statistics.median(cpu[kind]):9.3f}s {ratio(cpu, kind):6.3f}x {statistics.median(fit[kind]):8.3f}s {ratio(fit, kind):6.3f}x")
     print("(medians over rounds; ratios are per round against the untracked trial of the same round; "
           "epoch cpu counts all threads and child processes)")
+    if args.json:
+        import json
+
+        summary = {
+            kind: {
+                "epoch_s": statistics.median(epoch[kind]), "epoch_ratio": ratio(epoch, kind),
+                "epoch_ratio_min": min(a / b for a, b in zip(epoch[kind], epoch["none"])),
+                "epoch_ratio_max": max(a / b for a, b in zip(epoch[kind], epoch["none"])),
+                "ms_per_step_added": statistics.median((a - b) / args.batches * 1000 for a, b in zip(epoch[kind], epoch["none"])),
+                "epoch_cpu_s": statistics.median(cpu[kind]), "cpu_ratio": ratio(cpu, kind),
+                "fit_s": statistics.median(fit[kind]), "fit_ratio": ratio(fit, kind),
+            }
+            for kind in kinds
+        }
+        payload = {"benchmark": "tracker_cost", "model": args.model, "reps": args.reps, "batches": args.batches,
+                   "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "target": 1.02, "trackers": summary}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

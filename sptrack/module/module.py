@@ -32,6 +32,11 @@ CALLBACK_CONTAINERS = ("callbacks_modules", "callbacks_metrics")
 #: What a Module gets when no ``optim`` is declared.
 DEFAULT_OPTIM = {"optimizer": {"type": "AdamW", "lr": 1e-3}}
 _CHECKPOINT_KEY = "sptrack"
+#: Plain-value attributes written many times per training step: Lightning sets ``_current_fx_name``
+#: around every hook call (about 30 writes per step), sptrack ``_micro_batches`` once. They are never
+#: parameters, buffers or submodules, so ``nn.Module.__setattr__``'s registration checks (~2 us per
+#: write, mostly ``isinstance`` against Parameter's metaclass) are skipped for them.
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_micro_batches"})
 
 
 def _noop_closure() -> None:
@@ -102,6 +107,13 @@ class Module(pl.LightningModule):
         self._micro_batches = 0
         self._pending_grads: dict[str, torch.Tensor] = {}
         self._gpu_transforms = GpuTransformCache()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``nn.Module.__setattr__``, with a direct write for the per-step :data:`_PLAIN_ATTRIBUTES`."""
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ attachment and set-up
     @property
@@ -189,22 +201,27 @@ class Module(pl.LightningModule):
         loss = state["loss"]
         for objective in self._objectives.values():
             loss = loss + objective(self, batch, state)
-        accumulate = self.accumulate_grad_batches
-        step_before = self.trainer.global_step
+        accumulate = self._gradient_settings.accumulate_grad_batches
+        # The hot path reads the attached Trainer directly: the `trainer` property re-checks attachment.
+        trainer = self._trainer
+        step_before = trainer.global_step
         self.manual_backward(loss / accumulate if accumulate > 1 else loss)
         self.after_manual_backward()
         self._micro_batches += 1
         if self._micro_batches % accumulate == 0:
             self._step_boundary(step_before + 1)
         if accumulate > 1:
-            set_logging_step(self.trainer, step_before)
+            set_logging_step(trainer, step_before)
         return state
 
     def after_manual_backward(self) -> None:
         """Hook between the backward pass and any optimizer step or ``zero_grad``; no-op by default."""
 
     def _step_boundary(self, boundary: int) -> None:
-        used_lrs = {}
+        trainer = self._trainer
+        strategy = trainer.strategy
+        # Learning rates are only collected when someone receives them (see _log_to_loggers).
+        used_lrs = {} if trainer.loggers and trainer.is_global_zero else None
         for slot in self._slots:
             if not slot.steps_at(boundary):
                 continue
@@ -214,14 +231,15 @@ class Module(pl.LightningModule):
                 for p in slot.params:
                     if p.grad is not None:
                         p.grad.div_(frequency)
-            lr_used = slot.lr
-            self.trainer.strategy.optimizer_step(slot.optimizer, closure=_noop_closure, model=self)
+            if used_lrs is not None:
+                used_lrs[f"hparams/lr_{slot.name}"] = slot.lr  # the lr this step uses, before the scheduler moves it
+            strategy.optimizer_step(slot.optimizer, closure=_noop_closure, model=self)
             slot.optimizer.zero_grad(set_to_none=True)
             if slot.scheduler is not None and slot.config.interval == "step":
                 self._step_scheduler(slot)
-            used_lrs[f"hparams/lr_{slot.name}"] = lr_used
-        count_optimizer_step(self.trainer)
-        self._log_to_loggers(used_lrs, step=boundary - 1)
+        count_optimizer_step(trainer)
+        if used_lrs:
+            self._log_to_loggers(used_lrs, step=boundary - 1)
 
     def _log_to_loggers(self, metrics: dict, step: int) -> None:
         """Send ``metrics`` to every logger at ``step``, on global rank 0 only.
