@@ -70,12 +70,12 @@ def build(cfg: Config):
     from torch import nn
 
     import sptrack
-    from sptrack.callbacks import EMATeacher, EMAUpdate, OnlineKNN, OnlineProbe, RankMe
+    from sptrack.callbacks import EMATeacher, EMAUpdate
     from sptrack.data import MultiCropViews
-    from sptrack.data.loaders import recipe_loaders
     from sptrack.methods import DINOLoss
     from sptrack.nn import DINOHead, ViT
     from sptrack.run.recipe import Experiment
+    from sptrack.run.recipe_parts import evaluation_callbacks, loaders_for
 
     m, d = cfg.model, cfg.dino
 
@@ -118,19 +118,13 @@ def build(cfg: Config):
     )
     views = MultiCropViews(global_size=d.global_size, local_size=d.local_size, n_global=d.n_global, n_local=d.n_local,
                            global_scale=d.global_scale, local_scale=d.local_scale)
-    loaders = recipe_loaders(cfg.data.dataset, cfg.data.batch_size, cfg.data.val_batch_size, views,
-                             cfg.data.num_workers, cfg.data.subset, seed=cfg.trainer.seed, **_dataset_kwargs(cfg))
+    loaders = loaders_for(cfg, views)
     callbacks = [
         EMAUpdate("student", "teacher"),
-        OnlineProbe(num_classes=10, embed_dim=m.embed_dim, optimizer={"type": "AdamW", "lr": cfg.probe_lr}, batch_norm=True),
-        OnlineKNN(k=20),
-        RankMe(),
+        *evaluation_callbacks(m.embed_dim, cfg.probe_lr),
     ]
     return Experiment(
         module=module, train_loader=loaders.train, val_loader=loaders.val, eval_train_loader=loaders.train_plain,
         callbacks=callbacks, encoder=student["backbone"], encoder_factory=make_backbone, embed=lambda enc, x: enc(x),
     )
 
-
-def _dataset_kwargs(cfg: Config) -> dict:
-    return {"root": cfg.data.root} if cfg.data.root else {}

@@ -66,13 +66,13 @@ def build(cfg: Config):
     from torch import nn
 
     import sptrack
-    from sptrack.callbacks import EMATeacher, EMAUpdate, OnlineKNN, OnlineProbe, RankMe
+    from sptrack.callbacks import EMATeacher, EMAUpdate
     from sptrack.data import MultiCropViews
-    from sptrack.data.loaders import recipe_loaders
     from sptrack.data.masks import BlockMaskSampler, IJEPAMasks
     from sptrack.methods import ijepa_loss, ijepa_targets, predict_blocks
     from sptrack.nn import ViT, ViTPredictor
     from sptrack.run.recipe import Experiment
+    from sptrack.run.recipe_parts import evaluation_callbacks, loaders_for
 
     m, j = cfg.model, cfg.ijepa
 
@@ -109,14 +109,10 @@ def build(cfg: Config):
     sampler = BlockMaskSampler(encoder.grid_size, j.num_targets, j.target_scale, j.target_aspect, j.context_scale,
                                min_context=j.min_context)
     transform = nn.Sequential(crop, IJEPAMasks(sampler))
-    loaders = recipe_loaders(cfg.data.dataset, cfg.data.batch_size, cfg.data.val_batch_size, transform,
-                             cfg.data.num_workers, cfg.data.subset, seed=cfg.trainer.seed,
-                             **({"root": cfg.data.root} if cfg.data.root else {}))
+    loaders = loaders_for(cfg, transform)
     callbacks = [
         EMAUpdate("encoder", "teacher"),
-        OnlineProbe(num_classes=10, embed_dim=m.embed_dim, optimizer={"type": "AdamW", "lr": cfg.probe_lr}, batch_norm=True),
-        OnlineKNN(k=20),
-        RankMe(),
+        *evaluation_callbacks(m.embed_dim, cfg.probe_lr),
     ]
     module_teacher = module.teacher.module
     return Experiment(

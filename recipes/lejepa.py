@@ -66,12 +66,11 @@ def build(cfg: Config):
     from torch import nn
 
     import sptrack
-    from sptrack.callbacks import OnlineKNN, OnlineProbe, RankMe
     from sptrack.data import MultiCropViews
-    from sptrack.data.loaders import recipe_loaders
     from sptrack.methods import LeJEPALoss
     from sptrack.nn import MLP, ViT
     from sptrack.run.recipe import Experiment
+    from sptrack.run.recipe_parts import evaluation_callbacks, loaders_for
 
     m, j = cfg.model, cfg.lejepa
 
@@ -112,15 +111,8 @@ def build(cfg: Config):
     )
     views = MultiCropViews(global_size=j.global_size, local_size=j.local_size, n_global=j.n_global, n_local=j.n_local,
                            global_scale=j.global_scale, local_scale=j.local_scale)
-    loaders = recipe_loaders(cfg.data.dataset, cfg.data.batch_size, cfg.data.val_batch_size, views,
-                             cfg.data.num_workers, cfg.data.subset, seed=cfg.trainer.seed,
-                             **({"root": cfg.data.root} if cfg.data.root else {}))
-    callbacks = [
-        OnlineProbe(num_classes=10, embed_dim=m.embed_dim, optimizer={"type": "AdamW", "lr": cfg.probe_lr}, batch_norm=True),
-        OnlineKNN(k=20),
-        RankMe(),
-    ]
+    loaders = loaders_for(cfg, views)
     return Experiment(
         module=module, train_loader=loaders.train, val_loader=loaders.val, eval_train_loader=loaders.train_plain,
-        callbacks=callbacks, encoder=encoder["backbone"], encoder_factory=make_backbone, embed=lambda enc, x: enc(x),
+        callbacks=evaluation_callbacks(m.embed_dim, cfg.probe_lr), encoder=encoder["backbone"], encoder_factory=make_backbone, embed=lambda enc, x: enc(x),
     )

@@ -100,3 +100,16 @@ class RecordingLogger(Logger):
 @pytest.fixture
 def recording_logger() -> RecordingLogger:
     return RecordingLogger()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """One real ``mlflow server`` (SQLite backend, 127.0.0.1) per test module; killed by PID at the end."""
+    from track_helpers.mlflow_server import MlflowServer
+
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.kill()

@@ -40,7 +40,7 @@ from track_helpers.common import (
     make_trainer,
     num_params,
 )
-from track_helpers.mlflow_server import MlflowServer, free_port
+from track_helpers.mlflow_server import free_port
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -48,16 +48,6 @@ OPTIM_FIELDS = {
     "index", "class", "lr", "weight_decay", "modules", "matched_modules", "num_params", "frequency",
     "scheduler", "interval", "monitor", "gradient_clip_val", "gradient_clip_algorithm",
 }
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.kill()
 
 
 @pytest.fixture
@@ -90,10 +80,10 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return points
 
 
-def _tracker(server, experiment, tmp_path, **kwargs) -> MLflowTracker:
+def _tracker(mlflow_server, experiment, tmp_path, **kwargs) -> MLflowTracker:
     options = dict(system_metrics=False, flush_interval_s=0.2, retry_interval_s=0.2, work_dir=str(tmp_path))
     options.update(kwargs)
-    return MLflowTracker(tracking_uri=server.url, experiment=experiment, **options)
+    return MLflowTracker(tracking_uri=mlflow_server.url, experiment=experiment, **options)
 
 
 def _artifact(client, run_id: str, path: str, tmp_path: Path) -> str:
@@ -108,7 +98,7 @@ def _assert_lr_history(client, run_id: str, recorder_points: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------- one run
-def test_two_optimizer_run_is_fully_tracked(server, experiment, tmp_path):
+def test_two_optimizer_run_is_fully_tracked(mlflow_server, experiment, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         "# the recipe of the tracker test\n"
@@ -119,7 +109,7 @@ def test_two_optimizer_run_is_fully_tracked(server, experiment, tmp_path):
     )
     long_key = "k" * 300
     config = {**CONFIG, "notes": "n" * 7000, "deep": {long_key: 1}, "metrics": {"acc@1": 0.5}}
-    tracker = _tracker(server, experiment, tmp_path, system_metrics=True, system_metrics_interval_s=0.1)
+    tracker = _tracker(mlflow_server, experiment, tmp_path, system_metrics=True, system_metrics_interval_s=0.1)
     recorder = LrRecorder()
     module = build_module()
     trainer = make_trainer(
@@ -129,7 +119,7 @@ def test_two_optimizer_run_is_fully_tracked(server, experiment, tmp_path):
     trainer.fit(module, make_loader(), make_loader(seed=1))
     assert trainer.global_step == 2 * STEPS_PER_EPOCH
 
-    client = _client(server.url)
+    client = _client(mlflow_server.url)
     run = _only_run(client, experiment)
     run_id = run.info.run_id
     assert run_id == tracker.run_id and run.info.status == "FINISHED"
@@ -209,7 +199,7 @@ def test_two_optimizer_run_is_fully_tracked(server, experiment, tmp_path):
 
     # The public search API sees the same single run.
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server.url)
+    mlflow.set_tracking_uri(mlflow_server.url)
     try:
         frame = mlflow.search_runs(experiment_names=[experiment])
     finally:
@@ -218,24 +208,24 @@ def test_two_optimizer_run_is_fully_tracked(server, experiment, tmp_path):
     assert frame["params.optim/head/class"][0] == "AdamW"
 
 
-def test_failing_run_is_marked_failed_with_its_points(server, experiment, tmp_path):
-    tracker = _tracker(server, experiment, tmp_path)
+def test_failing_run_is_marked_failed_with_its_points(mlflow_server, experiment, tmp_path):
+    tracker = _tracker(mlflow_server, experiment, tmp_path)
     recorder = LrRecorder()
     trainer = make_trainer([*tracker_callbacks(tracker, config=CONFIG), recorder])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(build_module(fail_at_batch=3), make_loader())
-    client = _client(server.url)
+    client = _client(mlflow_server.url)
     run = _only_run(client, experiment)
     assert run.info.status == "FAILED"
     assert [s for s, _ in recorder.points["backbone"]] == [0, 1, 2]
     _assert_lr_history(client, run.info.run_id, recorder.points)
 
 
-def test_keyboard_interrupt_marks_the_run_killed(server, experiment, tmp_path):
+def test_keyboard_interrupt_marks_the_run_killed(mlflow_server, experiment, tmp_path):
     def interrupt(trainer):
         raise KeyboardInterrupt
 
-    tracker = _tracker(server, experiment, tmp_path)
+    tracker = _tracker(mlflow_server, experiment, tmp_path)
     recorder = LrRecorder()
     trainer = make_trainer([*tracker_callbacks(tracker), recorder, StepHook(2, interrupt)])
     handler = signal.getsignal(signal.SIGINT)
@@ -244,7 +234,7 @@ def test_keyboard_interrupt_marks_the_run_killed(server, experiment, tmp_path):
             trainer.fit(build_module(), make_loader())
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning leaves SIGINT ignored
-    client = _client(server.url)
+    client = _client(mlflow_server.url)
     run = _only_run(client, experiment)
     assert run.info.status == "KILLED"
     assert [s for s, _ in recorder.points["backbone"]] == [0, 1]
@@ -266,9 +256,9 @@ def test_unreachable_server_fails_fast_in_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- resume
-def test_resume_from_checkpoint_continues_the_same_run(server, experiment, tmp_path, caplog):
+def test_resume_from_checkpoint_continues_the_same_run(mlflow_server, experiment, tmp_path, caplog):
     ckpt_dir = tmp_path / "ckpt"
-    first, rec1 = _tracker(server, experiment, tmp_path), LrRecorder()
+    first, rec1 = _tracker(mlflow_server, experiment, tmp_path), LrRecorder()
     checkpoints = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
     make_trainer([*tracker_callbacks(first, config=CONFIG), rec1, checkpoints], max_epochs=2, enable_checkpointing=True).fit(
         build_module(), make_loader()
@@ -279,14 +269,14 @@ def test_resume_from_checkpoint_continues_the_same_run(server, experiment, tmp_p
 
     # A new job (new tracker object) resumes from the epoch-0 checkpoint and trains one more epoch:
     # steps 5..9 are run again (already in the run: not duplicated), 10..14 are new.
-    second, rec2 = _tracker(server, experiment, tmp_path), LrRecorder()
+    second, rec2 = _tracker(mlflow_server, experiment, tmp_path), LrRecorder()
     with caplog.at_level(logging.WARNING, logger="sptrack.track"):
         make_trainer([*tracker_callbacks(second, config=CONFIG), rec2], max_epochs=3).fit(
             build_module(), make_loader(), ckpt_path=str(epoch0[0])
         )
     assert second.run_id == first.run_id and second.resumed
 
-    client = _client(server.url)
+    client = _client(mlflow_server.url)
     run = _only_run(client, experiment)
     assert run.info.status == "FINISHED"
     assert rec2.points["backbone"][:5] == rec1.points["backbone"][5:]  # exact resume recomputes the same lrs
@@ -320,16 +310,16 @@ def _torchrun(args: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("strategy, strategy_class", [("ddp", "DDPStrategy"), ("fsdp2", "FSDP2Strategy")])
-def test_two_processes_make_one_run_and_resume_it(server, experiment, tmp_path, strategy, strategy_class):
+def test_two_processes_make_one_run_and_resume_it(mlflow_server, experiment, tmp_path, strategy, strategy_class):
     """2-process DDP / FSDP2 (distributed checkpoint folder): one run, resumed by the next job."""
-    common = ["--uri", server.url, "--experiment", experiment, "--ckpt-dir", str(tmp_path / "ckpt"), "--strategy", strategy]
+    common = ["--uri", mlflow_server.url, "--experiment", experiment, "--ckpt-dir", str(tmp_path / "ckpt"), "--strategy", strategy]
     _torchrun([*common, "--out", str(tmp_path / "job1"), "--max-epochs", "1"], tmp_path)
     ckpt = sorted((tmp_path / "ckpt").glob("epoch=0*.ckpt"))
     assert len(ckpt) == 1
     _torchrun([*common, "--out", str(tmp_path / "job2"), "--max-epochs", "2", "--resume", str(ckpt[0])], tmp_path)
 
     jobs = [[json.loads((tmp_path / job / f"rank{r}.json").read_text()) for r in range(2)] for job in ("job1", "job2")]
-    client = _client(server.url)
+    client = _client(mlflow_server.url)
     run = _only_run(client, experiment)
     run_id = run.info.run_id
     # Every rank of both jobs knows the run id (broadcast / checkpoint); only rank 0 ran the tracker.
@@ -347,16 +337,16 @@ def test_two_processes_make_one_run_and_resume_it(server, experiment, tmp_path, 
 
 
 # ---------------------------------------------------------------------------------------- outages
-def test_server_killed_mid_run_and_restarted_loses_no_point(server, experiment, tmp_path, caplog):
+def test_server_killed_mid_run_and_restarted_loses_no_point(mlflow_server, experiment, tmp_path, caplog):
     restarts: list[BaseException] = []
 
     def outage(trainer):
         assert tracker.flush(timeout=30)  # what came before the outage is on the server
-        server.kill()
+        mlflow_server.kill()
 
         def restart():
             try:
-                server.start()
+                mlflow_server.start()
             except BaseException as e:  # noqa: BLE001 - reported by the test
                 restarts.append(e)
 
@@ -365,7 +355,7 @@ def test_server_killed_mid_run_and_restarted_loses_no_point(server, experiment, 
         threads.append(thread)
 
     threads: list[threading.Thread] = []
-    tracker = _tracker(server, experiment, tmp_path, max_buffered_points=5, spill_after_s=1000, finish_timeout_s=120)
+    tracker = _tracker(mlflow_server, experiment, tmp_path, max_buffered_points=5, spill_after_s=1000, finish_timeout_s=120)
     recorder = LrRecorder()
     batch_times: list[float] = []
     timer = StepHook(-1, None)
@@ -382,7 +372,7 @@ def test_server_killed_mid_run_and_restarted_loses_no_point(server, experiment, 
     messages = " | ".join(r.getMessage() for r in caplog.records)
     assert "unreachable" in messages and "written to" in messages and "reachable again" in messages, messages
 
-    client = _client(server.url)
+    client = _client(mlflow_server.url)
     run = _only_run(client, experiment)
     assert run.info.status == "FINISHED"
     assert [s for s, _ in recorder.points["backbone"]] == list(range(20))
@@ -391,18 +381,18 @@ def test_server_killed_mid_run_and_restarted_loses_no_point(server, experiment, 
     assert not list((tmp_path / ".sptrack" / "mlflow-spill").glob("*.jsonl")), "the spill file was not replayed"
 
 
-def test_server_still_down_at_the_end_spills_then_replays(server, experiment, tmp_path, caplog):
-    tracker = _tracker(server, experiment, tmp_path, finish_timeout_s=1.0)
+def test_server_still_down_at_the_end_spills_then_replays(mlflow_server, experiment, tmp_path, caplog):
+    tracker = _tracker(mlflow_server, experiment, tmp_path, finish_timeout_s=1.0)
     recorder = LrRecorder()
     with caplog.at_level(logging.WARNING, logger="sptrack.track"):
-        make_trainer([*tracker_callbacks(tracker), recorder, StepHook(3, lambda t: server.kill())], max_epochs=2).fit(
+        make_trainer([*tracker_callbacks(tracker), recorder, StepHook(3, lambda t: mlflow_server.kill())], max_epochs=2).fit(
             build_module(), make_loader()
         )
     spill = tmp_path / ".sptrack" / "mlflow-spill" / f"{tracker.run_id}.jsonl"
     assert spill.exists()
     assert any("did not come back" in r.getMessage() and str(spill) in r.getMessage() for r in caplog.records)
-    server.start()
-    client = _client(server.url)
+    mlflow_server.start()
+    client = _client(mlflow_server.url)
     assert _only_run(client, experiment).info.status == "RUNNING"
 
     from sptrack.track.__main__ import main

@@ -20,7 +20,6 @@ from sptrack.run.recipe import load_recipe
 from sptrack.tune.space import SearchSpace
 from sptrack.tune.study import counted_trials
 from sptrack.tune.tracking import PARENT_ATTR, TAG_PARAM, TAG_STATE, TAG_STUDY, TAG_TRIAL
-from track_helpers.mlflow_server import MlflowServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RECIPE = str(ROOT / "tests" / "tune_helpers" / "tiny_recipe.py")
@@ -31,16 +30,6 @@ DINO = [
     "model.bottleneck_dim=16", "dino.n_local=2", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
 ]
 WIDE_LR = 'search_space={"optim.*.lr": "log-uniform 1e-5..1e3"}'
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.kill()
 
 
 def _env() -> dict:
@@ -71,12 +60,12 @@ def _children(client: MlflowClient, experiment: str, parent: str) -> list:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_six_trial_sweep_one_child_run_per_trial(kind, server, tmp_path, monkeypatch):
+def test_six_trial_sweep_one_child_run_per_trial(kind, mlflow_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/study.db" if kind == "sqlite" else f"journal:{tmp_path}/study.log"
     experiment = f"sweep-{kind}-{tmp_path.name}"
     def args(trials: int) -> list[str]:
-        return [*DINO, f"trainer.output_dir={tmp_path}", f"tracker.uri={server.url}", f"tracker.experiment={experiment}", "--tracker", "mlflow",
+        return [*DINO, f"trainer.output_dir={tmp_path}", f"tracker.uri={mlflow_server.url}", f"tracker.experiment={experiment}", "--tracker", "mlflow",
                 "--sweep", "--trials", str(trials), "--storage", storage, "--study", "s6", "--prune-every", "2", "--sampler", "random"]
 
     assert main(args(6)) == 0
@@ -89,7 +78,7 @@ def test_six_trial_sweep_one_child_run_per_trial(kind, server, tmp_path, monkeyp
     for t in trials:
         assert set(t.params) == set(space) and all(space[k].contains(v) for k, v in t.params.items())
 
-    client = MlflowClient(server.url)
+    client = MlflowClient(mlflow_server.url)
     parent = study.user_attrs[PARENT_ATTR]
     children = _children(client, experiment, parent)
     assert len(children) == 6

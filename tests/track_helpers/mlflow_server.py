@@ -92,3 +92,4 @@ class MlflowServer:
         deadline = time.monotonic() + 10
         while healthy(self.url, timeout=0.2) and time.monotonic() < deadline:
             time.sleep(0.1)
+
