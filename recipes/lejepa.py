@@ -31,7 +31,7 @@ class LeJEPAConfig:
     """The method's knobs: views, lambda and the SIGReg quadrature/slices (paper defaults)."""
 
     n_global: int = 2
-    n_local: int = 4
+    n_local: int = 6
     global_size: int = 28
     local_size: int = 12
     global_scale: tuple = (0.3, 1.0)
@@ -49,11 +49,11 @@ class Config(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     lejepa: LeJEPAConfig = field(default_factory=LeJEPAConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="mnist5k", batch_size=128))
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=20))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=25))
     optim: dict = field(
         default_factory=lambda: {
-            "backbone": OptimizerEntry(modules="encoder.backbone", type="AdamW", lr=2e-3, weight_decay=0.05),
-            "projector": OptimizerEntry(modules="encoder.projector", type="AdamW", lr=2e-3, weight_decay=0.05),
+            "backbone": OptimizerEntry(modules="encoder.backbone", type="AdamW", lr=5e-3, weight_decay=0.05),
+            "projector": OptimizerEntry(modules="encoder.projector", type="AdamW", lr=5e-3, weight_decay=0.05),
         }
     )
     probe_lr: float = 1e-3

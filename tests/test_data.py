@@ -343,3 +343,13 @@ def test_views_reach_forward_through_a_real_trainer_fit():
     assert seen[0] == [(8, 1, 16, 16)] * 2 + [(8, 1, 8, 8)] * 2
     assert not torch.equal(before, backbone[0].weight.detach())
     assert torch.isfinite(backbone[0].weight.detach()).all()
+
+
+def test_subset_is_a_seeded_random_draw_not_the_class_sorted_prefix():
+    from sptrack.data.loaders import recipe_loaders
+
+    loaders = recipe_loaders("mnist5k", 50, 500, None, subset=200, seed=0)
+    labels = torch.cat([b["label"] for b in loaders.train_plain])
+    assert len(labels) == 200 and len(labels.unique()) == 10
+    again = torch.cat([b["index"] for b in recipe_loaders("mnist5k", 50, 500, None, subset=200, seed=0).train_plain])
+    assert torch.equal(again, torch.cat([b["index"] for b in loaders.train_plain]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from sptrack.data.registry import build_dataset
@@ -32,13 +33,15 @@ def recipe_loaders(
     """Build the train/val splits of ``dataset`` and their loaders.
 
     The augmented training set is shuffled with ``drop_last=True`` (multi-view losses want full
-    batches); ``subset`` keeps the first N training samples for quick runs. The transform is attached
+    batches); ``subset`` keeps N training samples drawn at random with ``seed`` (splits may be sorted by class, so
+    the first N could all share one label) for quick runs. The transform is attached
     as the training dataset's ``gpu_transform`` so the Module applies it on the device.
     """
     train = build_dataset(dataset, "train", seed=seed, **dataset_kwargs)
     val = build_dataset(dataset, "val", seed=seed, **dataset_kwargs)
     if subset is not None:
-        train = Subset(train, range(min(subset, len(train))))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        train = Subset(train, order[: min(subset, len(train))].sort().values.tolist())
     augmented = _with_transform(train, train_transform)
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
     return RecipeLoaders(

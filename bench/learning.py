@@ -1,0 +1,297 @@
+"""Learning curves: each recipe's held-out linear-probe and kNN accuracy vs wall time on MNIST-5k.
+
+    python bench/learning.py --out DIR [--quick] [--recipes dino,ijepa,lejepa] [--epochs-scale 0.5]
+                             [--probe-every K] [--threads 2] [--override dino:trainer.max_epochs=6]
+
+Each recipe in ``recipes/`` trains with its defaults (DINO 12 epochs, I-JEPA 20, LeJEPA 20, each
+times ``--epochs-scale``, at least 1; the learning-rate and EMA schedules follow the shortened
+length), one recipe after another in this process, with ``--threads`` torch threads (default 2 =
+the machine's cores; printed). The Trainer gets the same arguments as ``python -m sptrack.run``
+(``sptrack.run.train.trainer_kwargs``) but no checkpoints and no progress bar.
+
+At the end of every epoch (after the recipe's own validation) the wall time since ``fit`` began is
+recorded with the online metrics ``eval/knn_acc``, ``eval/probe_acc``, ``eval/rankme``; before the
+first step, every ``--probe-every`` epochs and after the last epoch the held-out linear probe on
+frozen embeddings (``sptrack.run.evaluate.linear_probe_accuracy``, what ``sptrack.run`` reports at
+the end) is fitted. Probe time is excluded from the wall clock and the global RNG state is restored
+around it, so the training trajectory is the same whatever the probe schedule. The random-init
+baseline is the same probe on ``experiment.encoder_factory()`` built with seed 0, as in
+``final_linear_eval``.
+
+Writes ``DIR/learning.json`` (curves, summary, a ``"markdown"`` table that ``bench/run.py`` copies into
+RESULTS.md) and ``DIR/learning.png``. Expected time alone on 2 CPU cores (``SECONDS_PER_EPOCH``; the
+estimate is printed at the start): ``--epochs-scale 1`` (the recipes' full schedules, 52 epochs) about
+11.5 minutes of training plus about 1 minute of probes; ``bench/run.py`` passes ``--epochs-scale 0.5``
+(6 + 10 + 10 epochs: about 6 minutes plus 1 of probes) to keep the whole suite within 20 minutes. With other
+CPU-heavy jobs on the machine, 2 torch threads can be several times slower than 1 (measured here: 7x
+on a load of 3-6); the load is printed and stored, and ``--threads 1`` is the fallback.
+``--quick``: tiny models, 8 batches of 32 per epoch, 2 epochs (under a minute): it proves the pipeline only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+common.add_repo_to_path()
+
+RECIPES = ("dino", "ijepa", "lejepa")
+#: Seconds per epoch alone on 2 cores with 2 threads (defaults, online evaluation included), for the estimate printed
+#: at the start: DINO's from its README run (12 epochs in 2 min 49 s); I-JEPA's and LeJEPA's scaled from DINO's by
+#: their single-thread epoch times measured side by side (22 s : 12 s : 29 s).
+SECONDS_PER_EPOCH = {"dino": 14.0, "ijepa": 7.6, "lejepa": 18.5}
+ONLINE = ("eval/knn_acc", "eval/probe_acc", "eval/rankme")
+# Tiny models for --quick: only the pipeline is under test, not the numbers.
+QUICK_OVERRIDES = {
+    # Not data.subset: MNIST-5k's training split is sorted by class, so its first N images are all zeros.
+    "common": ["data.batch_size=32", "data.val_batch_size=250", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+               "model.embed_dim=32", "model.depth=1", "model.num_heads=2"],
+    "dino": ["model.out_dim=64", "model.head_hidden_dim=64", "model.bottleneck_dim=16", "dino.n_local=2"],
+    "ijepa": ["model.predictor_dim=32", "model.predictor_depth=1", "model.predictor_heads=2"],
+    "lejepa": ["model.proj_hidden_dim=64", "model.proj_dim=16", "lejepa.n_local=2", "lejepa.num_slices=128"],
+}
+QUICK_BATCHES = 8  # training batches per epoch in --quick (shuffled over all 4,000 images)
+COLOURS = {"dino": "tab:blue", "ijepa": "tab:orange", "lejepa": "tab:green"}
+
+
+def _probe(experiment: Any, encoder: Any = None) -> float:
+    """Held-out linear-probe accuracy of ``encoder`` (default: the recipe's trained encoder), RNG untouched."""
+    import torch
+
+    from sptrack.run.evaluate import linear_probe_accuracy
+
+    # Iterating a DataLoader draws a seed from the global generator: fork it, so that probing does
+    # not change the augmentations (and so the curve) of the epochs that follow.
+    with torch.random.fork_rng(devices=[]):
+        return linear_probe_accuracy(experiment.encoder if encoder is None else encoder, experiment.embed,
+                                     experiment.eval_train_loader or experiment.train_loader, experiment.val_loader)
+
+
+def make_recorder(experiment: Any, probe_every: int, log=print):
+    """A Lightning callback recording the per-epoch curve; probe time is kept off the wall clock."""
+    import lightning.pytorch as pl
+
+    class Recorder(pl.Callback):
+        def __init__(self):
+            self.start = time.perf_counter()
+            self.paused = 0.0  # seconds spent in linear probes
+            self.epochs: list[dict] = []
+            self.probes: list[dict] = []
+
+        def elapsed(self) -> float:
+            """Training wall time since ``fit`` began, probes excluded."""
+            return time.perf_counter() - self.start - self.paused
+
+        def probe(self, epoch: int, step: int) -> None:
+            wall = self.elapsed()
+            t0 = time.perf_counter()
+            acc = _probe(experiment)
+            seconds = time.perf_counter() - t0
+            self.paused += seconds
+            self.probes.append({"epoch": epoch, "step": step, "wall_s": round(wall, 2), "linear_probe_acc": acc, "probe_s": round(seconds, 2)})
+            log(f"    linear probe after epoch {epoch}: {acc:.4f} (at {wall:.1f} s; probe took {seconds:.1f} s, not counted)")
+
+        def on_train_start(self, trainer, pl_module):
+            self.probe(0, 0)  # the initial encoder: where the curve starts
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            # Lightning validates before this hook, so the online eval/... metrics are this epoch's.
+            epoch = trainer.current_epoch + 1
+            row = {"epoch": epoch, "step": int(trainer.global_step), "wall_s": round(self.elapsed(), 2)}
+            for name in (*ONLINE, "train/loss"):
+                value = trainer.callback_metrics.get(name)
+                row[name] = float(value) if value is not None and value.numel() == 1 else None
+            self.epochs.append(row)
+            log(f"  epoch {epoch:3d}  {row['wall_s']:7.1f} s  step {row['step']:5d}  loss {_f(row['train/loss'])}  kNN {_f(row['eval/knn_acc'])}  "
+                f"online probe {_f(row['eval/probe_acc'])}  RankMe {_f(row['eval/rankme'], 2)}")
+            last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+            if last or epoch % probe_every == 0:
+                self.probe(epoch, int(trainer.global_step))
+
+    return Recorder()
+
+
+def _f(value: Optional[float], digits: int = 4) -> str:
+    return "  n/a " if value is None else f"{value:.{digits}f}"
+
+
+def configure(name: str, recipe: Any, quick: bool, epochs_scale: float, overrides: list[str]) -> Any:
+    """The recipe's default config, shortened by ``epochs_scale`` (or tiny in quick mode), then ``overrides``."""
+    from sptrack.run.config import apply_overrides
+
+    cfg = recipe.default_config()
+    cfg.trainer.max_epochs = max(1, round(cfg.trainer.max_epochs * epochs_scale))
+    if quick:
+        apply_overrides(cfg, QUICK_OVERRIDES["common"] + QUICK_OVERRIDES[name])
+        cfg.trainer.limit_train_batches = QUICK_BATCHES  # an int (a batch count): overrides would coerce it to a float fraction
+    apply_overrides(cfg, overrides)
+    cfg.tracker.kind = "none"
+    return cfg
+
+
+def run_recipe(name: str, cfg: Any, probe_every: Optional[int], work: Path) -> dict:
+    """Train one recipe with the curve recorder; return its curves and summary."""
+    import lightning.pytorch as pl
+    import torch
+
+    from sptrack.module.trainer import Trainer
+    from sptrack.run.config import flatten
+    from sptrack.run.recipe import load_recipe
+    from sptrack.run.train import trainer_kwargs
+
+    recipe = load_recipe(name)
+    epochs = cfg.trainer.max_epochs
+    every = probe_every or math.ceil(epochs / 4)  # about four probes along the curve, plus the start and the end
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    experiment = recipe.build(cfg)
+    experiment.module._print_summary = lambda: None  # keep the output to the curve
+    recorder = make_recorder(experiment, every)
+    kwargs = {**trainer_kwargs(cfg), "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = Trainer(**kwargs, callbacks=[*experiment.callbacks, recorder], logger=False, default_root_dir=str(work / name))
+    limit = cfg.trainer.limit_train_batches
+    batches = len(experiment.train_loader) if limit is None else (limit if isinstance(limit, int) else int(limit * len(experiment.train_loader)))
+    print(f"\n--- {name}: {epochs} epochs, batch {cfg.data.batch_size}, {batches} steps/epoch, "
+          f"linear probe every {every} epochs; torch threads {torch.get_num_threads()}", flush=True)
+    recorder.start = time.perf_counter()
+    trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader)
+    wall = recorder.elapsed()
+    t0 = time.perf_counter()
+    torch.manual_seed(0)  # as final_linear_eval: the baseline encoder is built with seed 0
+    baseline = _probe(experiment, experiment.encoder_factory())
+    baseline_s = time.perf_counter() - t0
+    final = recorder.epochs[-1] if recorder.epochs else {}
+    probe = recorder.probes[-1]["linear_probe_acc"]
+    print(f"--- {name}: {wall:.1f} s of training; linear probe {probe:.4f} vs random-init {baseline:.4f} "
+          f"({100 * (probe - baseline):+.1f} points); kNN {_f(final.get('eval/knn_acc'))}", flush=True)
+    keep = ("data.dataset", "data.batch_size", "data.subset", "trainer.max_epochs", "trainer.seed")
+    return {
+        "config": {k: v for k, v in flatten(cfg).items() if k in keep or k.startswith("model.")},
+        "epochs": epochs, "steps": int(trainer.global_step), "wall_s": round(wall, 2),
+        "probe_s": round(recorder.paused + baseline_s, 2),
+        "linear_probe_acc": probe, "random_init_linear_probe_acc": baseline, "gain_points": round(100 * (probe - baseline), 2),
+        **{k.split("/")[1]: final.get(k) for k in ONLINE},
+        "curve": recorder.epochs, "linear_probe_curve": recorder.probes,
+    }
+
+
+def markdown(results: dict, meta: dict) -> str:
+    """The RESULTS.md section: one row per recipe."""
+    mode = f"quick (tiny models, {QUICK_BATCHES} batches of 32 per epoch: pipeline check, not a result)" if meta["quick"] else \
+        f"recipe defaults, epochs × {meta['epochs_scale']:g}"
+    lines = ["## Learning (held-out accuracy vs wall time, MNIST-5k)", "",
+             f"{mode}; torch threads {meta['threads']}, recipes run one after another. Linear probe = L-BFGS logistic regression "
+             "on frozen embeddings of the 4,000 training images, scored on the 1,000 held-out ones; wall time = training "
+             "including the recipe's online evaluation, excluding these probes; kNN / online probe / RankMe = the recipe's online evaluation on the held-out split after the last epoch; "
+             "random-init = the same linear probe on an untrained encoder of the same architecture (seed 0). "
+             "Curves: `learning.png`, `learning.json`.", "",
+             "| recipe | epochs | steps | wall time | linear probe | kNN | online probe | RankMe | random-init probe | gain |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'][:100]} | | | | | | | | |")
+            continue
+        lines.append(f"| {name} | {r['epochs']} | {r['steps']} | {_duration(r['wall_s'])} | {r['linear_probe_acc']:.3f} | "
+                     f"{_md(r['knn_acc'])} | {_md(r['probe_acc'])} | {_md(r['rankme'], 1)} | {r['random_init_linear_probe_acc']:.3f} | "
+                     f"{r['gain_points']:+.1f} pts |")
+    return "\n".join(lines) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _md(value: Optional[float], digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Linear probe and kNN accuracy vs wall time, one colour per recipe; random-init probes dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_probe, ax_knn) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for name, r in results.items():
+        if "error" in r:
+            continue
+        colour = COLOURS.get(name)
+        pts = r["linear_probe_curve"]
+        ax_probe.plot([p["wall_s"] / 60 for p in pts], [p["linear_probe_acc"] for p in pts], "o-", color=colour, label=name)
+        ax_probe.axhline(r["random_init_linear_probe_acc"], color=colour, ls="--", lw=1, label=f"{name} random-init")
+        knn = [(e["wall_s"] / 60, e["eval/knn_acc"]) for e in r["curve"] if e["eval/knn_acc"] is not None]
+        if knn:
+            ax_knn.plot(*zip(*knn), ".-", color=colour, label=name)
+    for ax, title in ((ax_probe, "linear probe on frozen embeddings (held-out)"), (ax_knn, "online kNN, k=20 (held-out)")):
+        ax.set_title(title)
+        ax.set_xlabel("training wall time (min)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_probe.set_ylabel("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(common.RESULTS_DIR))
+    parser.add_argument("--quick", action="store_true", help="tiny models, 8 batches per epoch, 2 epochs: a pipeline check")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply each recipe's default max_epochs (at least 1 epoch)")
+    parser.add_argument("--probe-every", type=int, default=None, help="linear probe every K epochs (default: ceil(epochs / 4))")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2; 1 with --quick)")
+    parser.add_argument("--override", action="append", default=[], metavar="RECIPE:KEY=VALUE",
+                        help="a config override for one recipe (or 'all:KEY=VALUE'), repeatable")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    threads = common.setup_threads(args.threads or (1 if args.quick else 2))
+    common.quiet_lightning()
+    import os
+    import tempfile
+
+    from sptrack.run.recipe import load_recipe
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sptrack-learning-"))
+    os.chdir(work)  # recipes write relative run directories (runs/...): keep them out of the checkout
+    configs = {}
+    for name in names:
+        own = [o.split(":", 1)[1] for o in args.override if o.split(":", 1)[0] in (name, "all")]
+        configs[name] = configure(name, load_recipe(name), args.quick, args.epochs_scale, own)
+    load = os.getloadavg()[0]
+    if threads > 1 and load > 1.0:
+        print(f"warning: 1-minute load {load:.1f} before starting: other jobs share the cores, and {threads} torch threads "
+              "may then run several times slower than 1 (--threads 1)", flush=True)
+    estimate = sum(SECONDS_PER_EPOCH.get(n, 10.0) * configs[n].trainer.max_epochs for n in names) / 60
+    print(f"learning benchmark: recipes {', '.join(names)}; torch threads {threads}; cpus {os.cpu_count()}; "
+          f"{'quick' if args.quick else f'epochs x {args.epochs_scale:g}'}"
+          + ("" if args.quick else f"; expected ~{estimate:.1f} min of training alone on 2 cores"), flush=True)
+    results: dict[str, dict] = {}
+    started = time.perf_counter()
+    for name in names:
+        try:
+            results[name] = run_recipe(name, configs[name], args.probe_every, work)
+        except Exception as err:  # noqa: BLE001 - one failing recipe must not hide the others' curves
+            import traceback
+
+            traceback.print_exc()
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+    meta = {"quick": args.quick, "epochs_scale": args.epochs_scale, "threads": threads, "total_s": round(time.perf_counter() - started, 1)}
+    plot(results, out / "learning.png")
+    path = common.write_json("learning", {**meta, "recipes": results, "plot": "learning.png", "markdown": markdown(results, meta)}, out)
+    print(f"\n{markdown(results, meta)}\nwrote {path} and {out / 'learning.png'} ({meta['total_s'] / 60:.1f} min)")
+    if any("error" in r for r in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
