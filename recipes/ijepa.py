@@ -49,7 +49,7 @@ class Config(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="mnist5k", batch_size=128))
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=20))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=8))
     optim: dict = field(
         default_factory=lambda: {
             "encoder": OptimizerEntry(modules="encoder", type="AdamW", lr=1e-3, weight_decay=0.04),
