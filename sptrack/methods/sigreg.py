@@ -87,9 +87,12 @@ class EppsPulley(nn.Module):
             raise ConfigError("sigreg.input", f"needs samples along dim -2, got shape {tuple(x.shape)}.")
         xt = x.unsqueeze(-1) * self.t.to(x.dtype)  # (..., N, M, K)
         cos_sum, sin_sum = xt.cos().sum(-3), xt.sin().sum(-3)  # (..., M, K)
-        n = torch.tensor(float(x.shape[-2]), device=x.device, dtype=x.dtype)
+        n = torch.tensor([float(x.shape[-2])], device=x.device, dtype=x.dtype)
         if self.sync:
-            cos_sum, sin_sum, n = _global_sum(cos_sum), _global_sum(sin_sum), _global_sum(n)
+            # One collective per call: the cos sums, the sin sums and the sample count travel together.
+            packed = _global_sum(torch.cat([cos_sum.flatten(), sin_sum.flatten(), n]))
+            cos_sum, sin_sum, n = packed[: cos_sum.numel()].view_as(cos_sum), packed[cos_sum.numel() : -1].view_as(sin_sum), packed[-1:]
+        n = n[0]
         err = (cos_sum / n - self.phi.to(x.dtype)).square() + (sin_sum / n).square()
         return n * (err @ self.weights.to(x.dtype))
 
