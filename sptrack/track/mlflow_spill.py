@@ -189,6 +189,34 @@ def _replay_file(backend: _Backend, spill: _SpillFile, run_id: str) -> int:
     return points
 
 
+def replay_leftovers(spill_dir: Path, tracking_uri: str, backend: _Backend) -> None:
+    """Send the spill files an earlier process left in ``spill_dir`` for ``tracking_uri``.
+
+    Files locked by a running job, or written for another tracking URI, are left alone.
+    """
+    if not spill_dir.is_dir():
+        return
+    for path in sorted(spill_dir.glob("*.jsonl")):
+        if path.name.endswith(".rejected.jsonl"):
+            continue
+        spill = _SpillFile(path)
+        try:
+            header = spill.header()
+        except (OSError, ValueError):
+            continue
+        if header.get("tracking_uri") != tracking_uri or not spill.exists():
+            continue
+        if not spill.lock():
+            continue  # a running job owns it
+        try:
+            points = _replay_file(backend, spill, header["run_id"])
+        except _Transient as e:
+            raise TrackerUnreachableError(f"MLflow tracking server {tracking_uri} went away while replaying {path} ({e}).") from None
+        finally:
+            spill.unlock()
+        log.warning("sptrack.track: replayed %d metric points for run %s from %s.", points, header["run_id"], path)
+
+
 def _reject(path: Path, chunk: list[dict], error: Exception) -> None:
     log.error(
         "sptrack.track: MLflow refused %d record(s) (%s); they are kept in %s.", len(chunk), error, path

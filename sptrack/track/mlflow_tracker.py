@@ -36,7 +36,6 @@ from sptrack.track.base import (
     STATUSES,
     Tracker,
     TrackerError,
-    TrackerUnreachableError,
     log,
 )
 from sptrack.track.mlflow_backend import (
@@ -50,11 +49,10 @@ from sptrack.track.mlflow_backend import (
     _load_limits,
     _one_line,
     _safe_name,
-    _Transient,
     resolve_tracking_uri,
 )
 from sptrack.track.mlflow_sender import _Sender, _SystemMetrics
-from sptrack.track.mlflow_spill import _replay_file, _SpillFile
+from sptrack.track.mlflow_spill import replay_leftovers
 from sptrack.track.params import prepare_params, redact_value
 
 # ---------------------------------------------------------------------------------------- tracker
@@ -166,7 +164,7 @@ class MLflowTracker(Tracker):
         backend.check()
         client = backend.client
         run_id = self.requested_run_id or run_id
-        self._replay_leftovers(backend)
+        replay_leftovers(self.spill_dir, self.shown_uri, backend)
         try:
             if run_id:
                 try:
@@ -263,32 +261,6 @@ class MLflowTracker(Tracker):
             "experiment": self.experiment,
             "created": time.time(),
         }
-
-    def _replay_leftovers(self, backend: _Backend) -> None:
-        """Send spill files an earlier process left for this tracking URI."""
-        if not self.spill_dir.is_dir():
-            return
-        for path in sorted(self.spill_dir.glob("*.jsonl")):
-            if path.name.endswith(".rejected.jsonl"):
-                continue
-            spill = _SpillFile(path)
-            try:
-                header = spill.header()
-            except (OSError, ValueError):
-                continue
-            if header.get("tracking_uri") != self.shown_uri or not spill.exists():
-                continue
-            if not spill.lock():
-                continue  # a running job owns it
-            try:
-                points = _replay_file(backend, spill, header["run_id"])
-            except _Transient as e:
-                raise TrackerUnreachableError(
-                    f"MLflow tracking server {self.shown_uri} went away while replaying {path} ({e})."
-                ) from None
-            finally:
-                spill.unlock()
-            log.warning("sptrack.track: replayed %d metric points for run %s from %s.", points, header["run_id"], path)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         return self._sender.flush(timeout) if self._sender is not None else True
