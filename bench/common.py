@@ -124,6 +124,15 @@ def write_json(name: str, data: dict, out_dir: Path = RESULTS_DIR) -> Path:
     return path
 
 
+def save_figure(fig, path) -> None:
+    """Lay out ``fig``, write it to ``path`` as a PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def quiet_lightning() -> None:
     """Silence Lightning's info lines and warnings (e.g. about few dataloader workers); results only."""
     import logging

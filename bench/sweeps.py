@@ -247,9 +247,7 @@ def plot(data: dict, path: Path) -> None:
     ax.set_title(f"{data['trials']}-trial study, {data['steps_per_trial']} steps per trial")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -33,9 +33,9 @@ def recipe_loaders(
     """Build the train/val splits of ``dataset`` and their loaders.
 
     The augmented training set is shuffled with ``drop_last=True`` (multi-view losses want full
-    batches); ``subset`` keeps N training samples drawn at random with ``seed`` (splits may be sorted by class, so
-    the first N could all share one label) for quick runs. The transform is attached
-    as the training dataset's ``gpu_transform`` so the Module applies it on the device.
+    batches). For quick runs ``subset`` keeps N training samples drawn at random with ``seed``: splits
+    may be sorted by class, so the first N could all share one label. The transform is attached as
+    the training dataset's ``gpu_transform`` so the Module applies it on the device.
     """
     train = build_dataset(dataset, "train", seed=seed, **dataset_kwargs)
     val = build_dataset(dataset, "val", seed=seed, **dataset_kwargs)

@@ -91,7 +91,8 @@ class EppsPulley(nn.Module):
         if self.sync:
             # One collective per call: the cos sums, the sin sums and the sample count travel together.
             packed = _global_sum(torch.cat([cos_sum.flatten(), sin_sum.flatten(), n]))
-            cos_sum, sin_sum, n = packed[: cos_sum.numel()].view_as(cos_sum), packed[cos_sum.numel() : -1].view_as(sin_sum), packed[-1:]
+            cos_flat, sin_flat, n = packed.split([cos_sum.numel(), sin_sum.numel(), 1])
+            cos_sum, sin_sum = cos_flat.view_as(cos_sum), sin_flat.view_as(sin_sum)
         n = n[0]
         err = (cos_sum / n - self.phi.to(x.dtype)).square() + (sin_sum / n).square()
         return n * (err @ self.weights.to(x.dtype))

@@ -30,7 +30,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from sptrack.errors import ConfigError
 from sptrack.tune.distributed import (
