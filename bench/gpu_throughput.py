@@ -73,12 +73,12 @@ def build_module(c: dict, n_global: int, n_local: int, total_steps: int) -> sptr
 
     def forward(self, batch, stage):
         views = batch["views"]
-        g, l = views[:n_global], views[n_global:]
-        s_out = self.student["head"](self.student["backbone"](torch.cat(g))).chunk(len(g))
-        if l:
-            s_out += self.student["head"](self.student["backbone"](torch.cat(l))).chunk(len(l))
+        global_views, local_views = views[:n_global], views[n_global:]
+        s_out = self.student["head"](self.student["backbone"](torch.cat(global_views))).chunk(len(global_views))
+        if local_views:
+            s_out += self.student["head"](self.student["backbone"](torch.cat(local_views))).chunk(len(local_views))
         with torch.no_grad():
-            t_out = self.teacher.module["head"](self.teacher.module["backbone"](torch.cat(g))).chunk(len(g))
+            t_out = self.teacher.module["head"](self.teacher.module["backbone"](torch.cat(global_views))).chunk(len(global_views))
         loss = self.dino_loss(list(s_out), list(t_out), self.trainer.global_step / total_steps)
         self.dino_loss.update_center(t_out)
         return {"loss": loss}

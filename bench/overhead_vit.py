@@ -59,11 +59,11 @@ def make_loader(steps: int) -> DataLoader:
 def dino_step(student: nn.ModuleDict, teacher: EMATeacher, dino_loss: DINOLoss, batch: dict, progress: float):
     """The recipe's forward for stage 'fit' (without logging): loss and the probe's embedding."""
     views = batch["views"]
-    g, l = views[:N_GLOBAL], views[N_GLOBAL:]
-    s_out = student["head"](student["backbone"](torch.cat(g))).chunk(len(g))
-    s_out += student["head"](student["backbone"](torch.cat(l))).chunk(len(l))
+    global_views, local_views = views[:N_GLOBAL], views[N_GLOBAL:]
+    s_out = student["head"](student["backbone"](torch.cat(global_views))).chunk(len(global_views))
+    s_out += student["head"](student["backbone"](torch.cat(local_views))).chunk(len(local_views))
     with torch.no_grad():
-        t_out = teacher.module["head"](teacher.module["backbone"](torch.cat(g))).chunk(len(g))
+        t_out = teacher.module["head"](teacher.module["backbone"](torch.cat(global_views))).chunk(len(global_views))
         embedding = student["backbone"](batch["image"])
     loss = dino_loss(list(s_out), list(t_out), progress)
     dino_loss.update_center(t_out)

@@ -101,13 +101,13 @@ def build(cfg: Config):
         if stage != "fit":
             return {"embedding": self.student["backbone"](batch["image"]), "label": batch["label"]}
         views = batch["views"]
-        g, l = views[: d.n_global], views[d.n_global :]
+        global_views, local_views = views[: d.n_global], views[d.n_global :]
         # Views of one size go through the network together: one pass per crop size.
-        s_out = self.student["head"](self.student["backbone"](torch.cat(g))).chunk(len(g))
-        if l:
-            s_out += self.student["head"](self.student["backbone"](torch.cat(l))).chunk(len(l))
+        s_out = self.student["head"](self.student["backbone"](torch.cat(global_views))).chunk(len(global_views))
+        if local_views:
+            s_out += self.student["head"](self.student["backbone"](torch.cat(local_views))).chunk(len(local_views))
         with torch.no_grad():
-            t_out = self.teacher.module["head"](self.teacher.module["backbone"](torch.cat(g))).chunk(len(g))
+            t_out = self.teacher.module["head"](self.teacher.module["backbone"](torch.cat(global_views))).chunk(len(global_views))
             # Probe and kNN learn from un-augmented images, like the held-out images they are scored on.
             embedding = self.student["backbone"](batch["image"])
         progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)

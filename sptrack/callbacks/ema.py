@@ -87,7 +87,10 @@ class EMATeacher(nn.Module):
         theirs = dict(getattr(student, f"named_{kind}")())
         if mine.keys() != theirs.keys():
             missing = sorted(set(mine) ^ set(theirs))[:5]
-            raise ConfigError("EMATeacher.student", f"the student's {kind} differ from the teacher's (e.g. {missing}).", "Update the teacher from the network it was copied from.")
+            raise ConfigError(
+                "EMATeacher.student", f"the student's {kind} differ from the teacher's (e.g. {missing}).",
+                "Update the teacher from the network it was copied from.",
+            )
         pairs = [(mine[n], theirs[n]) for n in mine]
         for (name, (t, s)) in zip(mine, pairs):
             if t.shape != s.shape:
@@ -172,7 +175,10 @@ class EMAUpdate(pl.Callback):
         student = _resolve(module, self.student_attr, "callbacks.EMAUpdate.student_attr")
         teacher = _resolve(module, self.teacher_attr, "callbacks.EMAUpdate.teacher_attr")
         if not isinstance(teacher, EMATeacher):
-            raise ConfigError("callbacks.EMAUpdate.teacher_attr", f"{self.teacher_attr!r} is a {type(teacher).__name__}, not an EMATeacher.", f"Register EMATeacher({self.student_attr}) as a Module attribute.")
+            raise ConfigError(
+                "callbacks.EMAUpdate.teacher_attr", f"{self.teacher_attr!r} is a {type(teacher).__name__}, not an EMATeacher.",
+                f"Register EMATeacher({self.student_attr}) as a Module attribute.",
+            )
         return student, teacher
 
     def setup(self, trainer: "pl.Trainer", module: "pl.LightningModule", stage: str) -> None:
@@ -186,7 +192,10 @@ class EMAUpdate(pl.Callback):
         if total is None:
             total = scheduler_run_length(trainer, getattr(module, "accumulate_grad_batches", 1), "step", 1)
         if total is None or total < 1:
-            raise ConfigError("callbacks.EMAUpdate.total_steps", "the run length is unbounded or empty, so the momentum schedule has no end.", "Set max_steps/max_epochs on the Trainer or pass total_steps=.")
+            raise ConfigError(
+                "callbacks.EMAUpdate.total_steps", "the run length is unbounded or empty, so the momentum schedule has no end.",
+                "Set max_steps/max_epochs on the Trainer or pass total_steps=.",
+            )
         self._total = int(total)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:

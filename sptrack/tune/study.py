@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from sptrack.errors import ConfigError
 from sptrack.tune.distributed import (
-    LAUNCHED_ENV, World, barrier, broadcast_object, init_process_group, needs_relaunch, relaunch, under_torchrun, world_from_env,
+    LAUNCHED_ENV, World, barrier, broadcast_object, close_process_group, init_process_group, needs_relaunch, relaunch, under_torchrun, world_from_env,
 )
 from sptrack.tune.objective import TrialContext, TrialResult, run_trial
 from sptrack.tune.options import SweepOptions
@@ -220,6 +220,7 @@ def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) ->
         barrier(world)
     if world.is_zero and worker is None:
         _finish(study, spec, cfg, recipe)
+    close_process_group(world)
     return 0
 
 
