@@ -15,8 +15,8 @@ first step, every ``--probe-every`` epochs and after the last epoch the held-out
 frozen embeddings (``sptrack.run.evaluate.linear_probe_accuracy``, what ``sptrack.run`` reports at
 the end) is fitted. Probe time is excluded from the wall clock and the global RNG state is restored
 around it, so the training trajectory is the same whatever the probe schedule. The random-init
-baseline is the same probe on ``experiment.encoder_factory()`` built with seed 0, as in
-``final_linear_eval``.
+baseline is the mean of the same probe on ``cfg.eval.baseline_inits`` encoders from
+``experiment.encoder_factory()`` (seeds 0, 1, ...), as in ``final_linear_eval``.
 
 Writes ``DIR/learning.json`` (curves, summary, a ``"markdown"`` table that ``bench/run.py`` copies into
 RESULTS.md) and ``DIR/learning.png``. Expected time alone on 2 CPU cores (``SECONDS_PER_EPOCH``; the
@@ -53,7 +53,7 @@ QUICK_OVERRIDES = {
     # Not data.subset: MNIST-5k's training split is sorted by class, so its first N images are all zeros.
     "common": ["data.batch_size=32", "data.val_batch_size=250", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
                "model.embed_dim=32", "model.depth=1", "model.num_heads=2"],
-    "dino": ["model.out_dim=64", "model.head_hidden_dim=64", "model.bottleneck_dim=16", "dino.n_local=2"],
+    "dino": ["model.cnn_widths=(8, 16)", "model.out_dim=64", "model.head_hidden_dim=64", "model.bottleneck_dim=16", "dino.n_local=2"],
     "ijepa": ["model.predictor_dim=32", "model.predictor_depth=1", "model.predictor_heads=2"],
     "lejepa": ["model.proj_hidden_dim=64", "model.proj_dim=16", "lejepa.n_local=2", "lejepa.num_slices=128"],
 }
@@ -143,6 +143,7 @@ def run_recipe(name: str, cfg: Any, probe_every: Optional[int], work: Path) -> d
 
     from sptrack.module.trainer import Trainer
     from sptrack.run.config import flatten
+    from sptrack.run.evaluate import random_init_baseline
     from sptrack.run.recipe import load_recipe
     from sptrack.run.train import trainer_kwargs
 
@@ -163,8 +164,9 @@ def run_recipe(name: str, cfg: Any, probe_every: Optional[int], work: Path) -> d
     trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader)
     wall = recorder.elapsed()
     t0 = time.perf_counter()
-    torch.manual_seed(0)  # as final_linear_eval: the baseline encoder is built with seed 0
-    baseline = _probe(experiment, experiment.encoder_factory())
+    # As final_linear_eval: the mean over cfg.eval.baseline_inits random inits (seeds 0, 1, ...), RNG untouched.
+    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, experiment.eval_train_loader or experiment.train_loader,
+                                    experiment.val_loader, cfg.eval.baseline_inits)["mean"]
     baseline_s = time.perf_counter() - t0
     final = recorder.epochs[-1] if recorder.epochs else {}
     probe = recorder.probes[-1]["linear_probe_acc"]
@@ -189,7 +191,8 @@ def markdown(results: dict, meta: dict) -> str:
              f"{mode}; torch threads {meta['threads']}, recipes run one after another. Linear probe = L-BFGS logistic regression "
              "on frozen embeddings of the 4,000 training images, scored on the 1,000 held-out ones; wall time = training "
              "including the recipe's online evaluation, excluding these probes; kNN / online probe / RankMe = the recipe's online evaluation on the held-out split after the last epoch; "
-             "random-init = the same linear probe on an untrained encoder of the same architecture (seed 0). "
+             "random-init = the same linear probe on untrained encoders of the same architecture, the mean over 5 inits (seeds 0-4, "
+             "as the end-of-run report). "
              "Curves: `learning.png`, `learning.json`.", "",
              "| recipe | epochs | steps | wall time | linear probe | kNN | online probe | RankMe | random-init probe | gain |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -214,7 +214,9 @@ def main(argv=None) -> None:
         status = _load(out, "run_status") or {}
         status.pop("benchmark", None)
     else:
-        status = run_all(names, args.quick, out, args.threads, args.learning_epochs_scale)
+        # --only runs a subset: keep the other benchmarks' rows, whose JSON is still rendered below.
+        status = {**(_load(out, "run_status") or {}), **run_all(names, args.quick, out, args.threads, args.learning_epochs_scale)}
+        status.pop("benchmark", None)
         (out / "run_status.json").write_text(json.dumps(status, indent=2) + "\n")
     path = render(out, status)
     print(f"\nwrote {path} ({(time.perf_counter() - started) / 60:.1f} min)")

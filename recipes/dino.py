@@ -1,6 +1,6 @@
-"""DINO: self-distillation with a centred EMA teacher, multi-crop views, a small ViT on MNIST-5k.
+"""DINO: self-distillation with a centred EMA teacher, multi-crop views, a small CNN or ViT on MNIST-5k.
 
-Student and teacher share one architecture (ViT + DINO head); the teacher is an EMA of the student
+Student and teacher share one architecture (backbone + DINO head); the teacher is an EMA of the student
 (cosine momentum from ``ema_base`` to 1) and sees only the global views; its outputs are centred
 (momentum 0.9) and sharpened with the teacher temperature (warm-up from ``warmup_teacher_temp`` to
 ``teacher_temp``); the student temperature is 0.1. Two named optimizers (backbone, head) plus the
@@ -14,20 +14,29 @@ nearly binary, so flips and solarization teach invariances the labels do not hav
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sptrack.run.config import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
 
 
 @dataclass
 class ModelConfig:
-    """Student/teacher backbone (a ViT) and the DINO projection head."""
+    """Student/teacher backbone (a ViT, or a small CNN) and the DINO projection head.
 
-    patch_size: int = 4
+    Measured on MNIST-5k (held-out probe; baseline = mean of 5 random inits of the same backbone):
+    the ViT reaches 0.912 against 0.694 (+21.8). ``backbone=cnn`` with ``optim.*.lr=4e-3`` reaches
+    0.962-0.976 over seeds and thread counts in half the time, but random CNNs are strong digit
+    features (0.727-0.847, mean 0.778), so its gain is smaller (+19.2 in the README run).
+    """
+
+    backbone: Literal["vit", "cnn"] = "vit"
+    cnn_widths: tuple = (16, 32, 64)  # CNN only; the embedding is the last width, average-pooled
+    patch_size: int = 4  # ViT only, as are embed_dim, depth, num_heads and pool
     embed_dim: int = 64
     depth: int = 4
     num_heads: int = 4
-    pool: str = "mean"  # "cls" or "mean" of the patch tokens
-    out_dim: int = 256  # 1024 prototypes: 0.869, 256: 0.876 (10 classes, 4,000 images)
+    pool: Literal["mean", "cls"] = "mean"  # of the patch tokens; CLS: 0.890 vs mean 0.912
+    out_dim: int = 256  # 1024 prototypes: 0.869, 256: 0.876 (ViT; 10 classes, 4,000 images)
     head_hidden_dim: int = 256
     bottleneck_dim: int = 64
     head_norm: str | None = "bn"  # BatchNorm in the head's MLP (DINO's option for small backbones)
@@ -81,19 +90,22 @@ def build(cfg: Config):
     from sptrack.callbacks import EMATeacher, EMAUpdate
     from sptrack.data import MultiCropViews
     from sptrack.methods import DINOLoss
-    from sptrack.nn import DINOHead, ViT
+    from sptrack.nn import DINOHead, SmallCNN, ViT
     from sptrack.run.recipe import Experiment
     from sptrack.run.recipe_parts import evaluation_callbacks, loaders_for
 
     m, d = cfg.model, cfg.dino
 
     def make_backbone() -> nn.Module:
+        if m.backbone == "cnn":
+            return SmallCNN(in_chans=1, widths=m.cnn_widths)
         return ViT(img_size=d.global_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
                    use_cls_token=m.pool == "cls")
 
+    backbone = make_backbone()
     student = nn.ModuleDict({
-        "backbone": make_backbone(),
-        "head": DINOHead(m.embed_dim, out_dim=m.out_dim, hidden_dim=m.head_hidden_dim, bottleneck_dim=m.bottleneck_dim,
+        "backbone": backbone,
+        "head": DINOHead(backbone.embed_dim, out_dim=m.out_dim, hidden_dim=m.head_hidden_dim, bottleneck_dim=m.bottleneck_dim,
                          norm=m.head_norm),
     })
 
@@ -130,7 +142,7 @@ def build(cfg: Config):
     loaders = loaders_for(cfg, views)
     callbacks = [
         EMAUpdate("student", "teacher"),
-        *evaluation_callbacks(m.embed_dim, cfg.probe_lr),
+        *evaluation_callbacks(backbone.embed_dim, cfg.probe_lr),
     ]
     return Experiment(
         module=module, train_loader=loaders.train, val_loader=loaders.val, eval_train_loader=loaders.train_plain,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from sptrack.run.cli import main
@@ -17,16 +18,19 @@ from sptrack.run.train import train
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.dataset=synthetic", "data.subset=64", "data.batch_size=32", "data.val_batch_size=250",
-    "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.out_dim=64", "model.head_hidden_dim=64",
-    "model.bottleneck_dim=16", "dino.n_local=2", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
+    "model.cnn_widths=(8, 16)", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.out_dim=64",
+    "model.head_hidden_dim=64", "model.bottleneck_dim=16", "dino.n_local=2", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",
 ]
 
 
-def test_cli_end_to_end_on_synthetic_data(tmp_path, capsys):
-    code = main(["recipes/dino.py", *TINY, f"trainer.output_dir={tmp_path}", "--seed", "3"])
+@pytest.mark.parametrize("backbone,encoder_key,width", [("cnn", "student.backbone.features.0.weight", 16),
+                                                        ("vit", "student.backbone.patch_embed.weight", 32)])
+def test_cli_end_to_end_on_synthetic_data(backbone, encoder_key, width, tmp_path, capsys):
+    code = main(["recipes/dino.py", *TINY, f"model.backbone={backbone}", f"trainer.output_dir={tmp_path}", "--seed", "3"])
     assert code == 0
     out = capsys.readouterr().out
     assert "sptrack dino: results" in out and "linear_probe_acc" in out and "random_init_linear_probe_acc" in out
+    assert "random_init_linear_probe_std" in out and "linear_probe_gain" in out
     assert "sptrack optimizers" in out and "probe" in out
     run_dir = tmp_path / "dino" / "version_0"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
@@ -34,6 +38,8 @@ def test_cli_end_to_end_on_synthetic_data(tmp_path, capsys):
     assert ckpt["global_step"] == 2 and "sptrack" in ckpt
     assert {"teacher.num_updates", "dino_loss.center", "callbacks_modules.probe.linear.weight"} <= set(ckpt["state_dict"])
     assert ckpt["state_dict"]["teacher.num_updates"].item() == 2
+    assert encoder_key in ckpt["state_dict"]  # the chosen backbone; the probe reads its embedding width
+    assert ckpt["state_dict"]["callbacks_modules.probe.linear.weight"].shape[1] == width
 
 
 def test_dry_run_prints_plan_and_trains_nothing(tmp_path, capsys):
@@ -106,3 +112,12 @@ def test_cli_tracks_the_run_in_mlflow(tmp_path, monkeypatch):
     assert [p.step for p in history] == [0, 1]
     ckpt = torch.load(tmp_path / "dino" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["sptrack_tracker"]["runs"]["mlflow"] == run_id
+
+
+@pytest.mark.parametrize("override,fragment", [("eval.baseline_inits=0", "must be an int >= 1, got 0"),
+                                               ("model.backbone=resnet", "must be one of 'vit', 'cnn', got 'resnet'")])
+def test_bad_recipe_values_fail_before_anything_is_written(override, fragment, tmp_path, capsys):
+    assert main(["recipes/dino.py", *TINY, override, f"trainer.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert override.split("=")[0] in err and fragment in err
+    assert not any(tmp_path.iterdir())

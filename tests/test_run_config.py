@@ -7,6 +7,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -25,6 +26,7 @@ class ModelCfg:
     name: str = "vit"
     dropout: float | None = None
     flag: bool = False
+    pool: Literal["cls", "mean"] = "mean"
 
 
 @dataclass
@@ -37,11 +39,11 @@ def test_overrides_are_typed_literals():
     cfg = Cfg()
     apply_overrides(cfg, ["optim.backbone.lr=3e-4", "trainer.max_epochs=5", "data.batch_size=128", "model.width=2",
                           "model.name=cnn", "model.dropout=0.1", "model.flag=True", "optim.backbone.betas=(0.9, 0.95)",
-                          "trainer.gradient_clip_val=None"])
+                          "trainer.gradient_clip_val=None", "model.pool=cls"])
     assert cfg.optim["backbone"].lr == 3e-4 and cfg.trainer.max_epochs == 5 and cfg.data.batch_size == 128
     assert cfg.model.width == 2.0 and isinstance(cfg.model.width, float)
     assert (cfg.model.name, cfg.model.dropout, cfg.model.flag) == ("cnn", 0.1, True)
-    assert cfg.optim["backbone"].betas == (0.9, 0.95)
+    assert cfg.optim["backbone"].betas == (0.9, 0.95) and cfg.model.pool == "cls"
     assert flatten(cfg)["optim.backbone.lr"] == 3e-4
 
 
@@ -63,6 +65,8 @@ def test_literal_parsing_never_evaluates_code():
         ("data.batch_size", "data.batch_size", "not a key=value override"),
         ("optim.backbone.betas=0.9", "optim.backbone.betas", "expected tuple or None, got float 0.9"),
         ("nosuch=1", "nosuch", "unknown configuration key"),
+        ("model.pool=mena", "model.pool", "must be one of 'cls', 'mean', got 'mena'. Did you mean 'mean'?"),
+        ("model.pool=1", "model.pool", "must be one of 'cls', 'mean', got 1."),
     ],
 )
 def test_override_errors_name_the_key(override, key, fragment):

@@ -114,6 +114,7 @@ def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Name
         raise ConfigError("tracker.kind", f"must be one of {', '.join(TRACKERS)}, got {cfg.tracker.kind!r}.")
     if cfg.trainer.strategy not in STRATEGIES:
         raise ConfigError("trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {cfg.trainer.strategy!r}.")
+    cfg.eval.check()
     return cfg
 
 

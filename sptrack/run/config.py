@@ -11,7 +11,7 @@ import ast
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from sptrack.errors import ConfigError, suggestion
 
@@ -58,6 +58,19 @@ class TrackerConfig:
     uri: Optional[str] = None
     experiment: Optional[str] = None
     run_name: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    """The end-of-run linear evaluation."""
+
+    baseline_inits: int = 5  # random-init encoders whose mean probe accuracy is the baseline
+
+    def check(self) -> None:
+        """Raise a ConfigError naming the first invalid key."""
+        n = self.baseline_inits
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigError("eval.baseline_inits", f"must be an int >= 1, got {n!r}.", "Use e.g. eval.baseline_inits=5.")
 
 
 @dataclass
@@ -108,6 +121,7 @@ class RecipeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     optim: dict = field(default_factory=dict)
     search_space: dict = field(default_factory=dict)
 
@@ -142,6 +156,8 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if getattr(tp, "__origin__", None) is Union:
         return " or ".join(_type_name(a) for a in tp.__args__)
     if tp is type(None):
@@ -154,6 +170,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if any(type(value) is type(c) and value == c for c in choices):  # True is not the choice 1
+            return value
+        hint = suggestion(str(value), [str(c) for c in choices]) if isinstance(value, str) else ""
+        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}.", hint)
     if origin is Union:
         args = typing.get_args(tp)
         if value is None and type(None) in args:

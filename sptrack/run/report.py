@@ -8,7 +8,7 @@ from rich.table import Table
 
 from sptrack.console import print_table
 
-_HEADLINE = ("linear_probe_acc", "random_init_linear_probe_acc")
+_HEADLINE = ("linear_probe_acc", "random_init_linear_probe_acc", "random_init_linear_probe_std", "linear_probe_gain")
 
 
 def format_value(value: Any) -> str:

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 from sptrack.module.trainer import Trainer
 from sptrack.run.config import RecipeConfig
-from sptrack.run.evaluate import linear_probe_accuracy
+from sptrack.run.evaluate import linear_probe_accuracy, random_init_baseline
 from sptrack.run.recipe import Recipe
 from sptrack.run.report import print_report
 from sptrack.run.run_dir import RunDirectory
@@ -72,14 +71,20 @@ def plain_encoder(experiment):
     return copy
 
 
-def final_linear_eval(experiment, encoder=None) -> dict[str, Optional[float]]:
-    """Held-out linear-probe accuracy of the trained encoder (or ``encoder``) and of a random-init one."""
+def final_linear_eval(experiment, encoder=None, baseline_inits: int = 5) -> dict[str, Optional[float]]:
+    """Held-out linear-probe accuracy of the trained encoder (or ``encoder``) and of random-init ones.
+
+    ``random_init_linear_probe_acc`` is the mean over ``baseline_inits`` inits (``..._std`` their
+    spread) and ``linear_probe_gain`` the trained accuracy minus that mean.
+    """
     train_loader = experiment.eval_train_loader or experiment.train_loader
     encoder = experiment.encoder if encoder is None else encoder
     trained = linear_probe_accuracy(encoder, experiment.embed, train_loader, experiment.val_loader)
-    torch.manual_seed(0)
-    baseline = linear_probe_accuracy(experiment.encoder_factory(), experiment.embed, train_loader, experiment.val_loader)
-    return {"linear_probe_acc": trained, "random_init_linear_probe_acc": baseline}
+    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, train_loader, experiment.val_loader, baseline_inits)
+    return {
+        "linear_probe_acc": trained, "random_init_linear_probe_acc": baseline["mean"],
+        "random_init_linear_probe_std": baseline["std"], "linear_probe_gain": trained - baseline["mean"],
+    }
 
 
 def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) -> dict:
@@ -101,7 +106,7 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     encoder = plain_encoder(experiment)
     if not trainer.is_global_zero:
         return results
-    results.update(final_linear_eval(experiment, encoder))
+    results.update(final_linear_eval(experiment, encoder, cfg.eval.baseline_inits))
     results["run_dir"] = str(run_dir.path)
     results["checkpoint"] = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if tracker.run_id:
