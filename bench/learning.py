@@ -16,7 +16,7 @@ frozen embeddings (``sptrack.run.evaluate.linear_probe_accuracy``, what ``sptrac
 the end) is fitted. Probe time is excluded from the wall clock and the global RNG state is restored
 around it, so the training trajectory is the same whatever the probe schedule. The random-init
 baseline is the mean of the same probe on ``cfg.eval.baseline_inits`` encoders from
-``experiment.encoder_factory()`` (seeds 0, 1, ...), as in ``final_linear_eval``.
+``experiment.encoder_factory()`` (seeds 0, 1, ...), as in ``sptrack.run.final_eval.final_linear_eval``.
 
 Writes ``DIR/learning.json`` (curves, summary, a ``"markdown"`` table that ``bench/run.py`` copies into
 RESULTS.md) and ``DIR/learning.png``. Expected time alone on 2 CPU cores (``SECONDS_PER_EPOCH``; the

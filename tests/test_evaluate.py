@@ -11,7 +11,7 @@ from torch import nn
 
 from sptrack.errors import ConfigError
 from sptrack.run.evaluate import fit_linear_probe, linear_probe_accuracy, random_init_baseline
-from sptrack.run.train import final_linear_eval
+from sptrack.run.final_eval import final_linear_eval
 
 
 def _blobs(n: int, seed: int) -> list[dict]:

@@ -13,6 +13,7 @@ import torch
 from sptrack.run.cli import main
 from sptrack.run.config import apply_overrides
 from sptrack.run.recipe import load_recipe
+from sptrack.run.final_eval import final_linear_eval
 from sptrack.run.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +113,20 @@ def test_cli_tracks_the_run_in_mlflow(tmp_path, monkeypatch):
     assert [p.step for p in history] == [0, 1]
     ckpt = torch.load(tmp_path / "dino" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["sptrack_tracker"]["runs"]["mlflow"] == run_id
+
+    # The end-of-run evaluation is in the same run, at the last step, and is the probe of the saved encoder.
+    final = {k: client.get_metric_history(run_id, f"final/{k}") for k in ("linear_probe_acc", "random_init_linear_probe_acc",
+                                                                            "random_init_linear_probe_std", "linear_probe_gain")}
+    assert all([p.step for p in h] == [2] for h in final.values()), final
+    recipe = load_recipe(str(ROOT / "recipes" / "dino.py"))
+    cfg = recipe.default_config()
+    apply_overrides(cfg, TINY)
+    experiment = recipe.build(cfg)
+    prefix = "student.backbone."
+    experiment.encoder.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    expected = final_linear_eval(experiment, baseline_inits=cfg.eval.baseline_inits)
+    for key, value in expected.items():
+        assert final[key][0].value == pytest.approx(value, abs=1e-6), key
 
 
 @pytest.mark.parametrize("override,fragment", [("eval.baseline_inits=0", "must be an int >= 1, got 0"),

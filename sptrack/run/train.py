@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 from sptrack.module.trainer import Trainer
 from sptrack.run.config import RecipeConfig
-from sptrack.run.evaluate import linear_probe_accuracy, random_init_baseline
+from sptrack.run.final_eval import FinalLinearEvaluation
 from sptrack.run.recipe import Recipe
 from sptrack.run.report import print_report
 from sptrack.run.run_dir import RunDirectory
@@ -56,37 +56,6 @@ def build_trainer(recipe: Recipe, cfg: RecipeConfig, callbacks: list, logger: An
     return trainer, run_dir
 
 
-def plain_encoder(experiment):
-    """The trained encoder as an ordinary module; under FSDP2 a gathered copy (a collective: every rank calls it)."""
-    from torch.distributed.tensor import DTensor
-
-    from sptrack.parallel.fsdp2 import to_full_tensor
-
-    encoder = experiment.encoder
-    if not any(isinstance(p, DTensor) for p in encoder.parameters()):
-        return encoder
-    full = {k: to_full_tensor(v).cpu() for k, v in encoder.state_dict().items()}
-    copy = experiment.encoder_factory()
-    copy.load_state_dict(full)
-    return copy
-
-
-def final_linear_eval(experiment, encoder=None, baseline_inits: int = 5) -> dict[str, Optional[float]]:
-    """Held-out linear-probe accuracy of the trained encoder (or ``encoder``) and of random-init ones.
-
-    ``random_init_linear_probe_acc`` is the mean over ``baseline_inits`` inits (``..._std`` their
-    spread) and ``linear_probe_gain`` the trained accuracy minus that mean.
-    """
-    train_loader = experiment.eval_train_loader or experiment.train_loader
-    encoder = experiment.encoder if encoder is None else encoder
-    trained = linear_probe_accuracy(encoder, experiment.embed, train_loader, experiment.val_loader)
-    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, train_loader, experiment.val_loader, baseline_inits)
-    return {
-        "linear_probe_acc": trained, "random_init_linear_probe_acc": baseline["mean"],
-        "random_init_linear_probe_std": baseline["std"], "linear_probe_gain": trained - baseline["mean"],
-    }
-
-
 def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) -> dict:
     """Fit ``recipe`` with ``cfg``; on global rank 0 evaluate and print the report. Returns the results."""
     from sptrack.track import build_tracker, tracker_callbacks
@@ -96,17 +65,18 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     t = cfg.tracker
     tracker = build_tracker(t.kind, uri=t.uri, experiment=t.experiment or recipe.name, run_name=t.run_name)
     tracking = tracker_callbacks(tracker, config=cfg, recipe_path=str(recipe.path))
-    trainer, run_dir = build_trainer(recipe, cfg, [*experiment.callbacks, *tracking])
+    evaluation = FinalLinearEvaluation(experiment, cfg.eval.baseline_inits)
+    # The tracker's callbacks come last: they close the run after the evaluation has logged to it.
+    trainer, run_dir = build_trainer(recipe, cfg, [*experiment.callbacks, evaluation, *tracking])
     start = time.perf_counter()
     trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader, ckpt_path=ckpt_path)
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start - evaluation.seconds
     results: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     results["wall_time_s"] = wall
     results["global_step"] = trainer.global_step
-    encoder = plain_encoder(experiment)
     if not trainer.is_global_zero:
         return results
-    results.update(final_linear_eval(experiment, encoder, cfg.eval.baseline_inits))
+    results.update(evaluation.results)
     results["run_dir"] = str(run_dir.path)
     results["checkpoint"] = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if tracker.run_id:
