@@ -71,7 +71,7 @@ def _probe(experiment: Any, encoder: Any = None) -> float:
     # not change the augmentations (and so the curve) of the epochs that follow.
     with torch.random.fork_rng(devices=[]):
         return linear_probe_accuracy(experiment.encoder if encoder is None else encoder, experiment.embed,
-                                     experiment.eval_train_loader or experiment.train_loader, experiment.val_loader)
+                                     experiment.probe_train_loader, experiment.val_loader)
 
 
 def make_recorder(experiment: Any, probe_every: int, log=print):
@@ -165,8 +165,8 @@ def run_recipe(name: str, cfg: Any, probe_every: Optional[int], work: Path) -> d
     wall = recorder.elapsed()
     t0 = time.perf_counter()
     # As final_linear_eval: the mean over cfg.eval.baseline_inits random inits (seeds 0, 1, ...), RNG untouched.
-    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, experiment.eval_train_loader or experiment.train_loader,
-                                    experiment.val_loader, cfg.eval.baseline_inits)["mean"]
+    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, experiment.probe_train_loader, experiment.val_loader,
+                                    cfg.eval.baseline_inits)["mean"]
     baseline_s = time.perf_counter() - t0
     final = recorder.epochs[-1] if recorder.epochs else {}
     probe = recorder.probes[-1]["linear_probe_acc"]
@@ -191,8 +191,8 @@ def markdown(results: dict, meta: dict) -> str:
              f"{mode}; torch threads {meta['threads']}, recipes run one after another. Linear probe = L-BFGS logistic regression "
              "on frozen embeddings of the 4,000 training images, scored on the 1,000 held-out ones; wall time = training "
              "including the recipe's online evaluation, excluding these probes; kNN / online probe / RankMe = the recipe's online evaluation on the held-out split after the last epoch; "
-             "random-init = the same linear probe on untrained encoders of the same architecture, the mean over 5 inits (seeds 0-4, "
-             "as the end-of-run report). "
+             "random-init = the same linear probe on untrained encoders of the same architecture, the mean over `eval.baseline_inits` inits "
+             "(seeds 0, 1, ...; 5 by default), as in the end-of-run report. "
              "Curves: `learning.png`, `learning.json`.", "",
              "| recipe | epochs | steps | wall time | linear probe | kNN | online probe | RankMe | random-init probe | gain |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -210,13 +210,11 @@ def main(argv=None) -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if args.report_only:
-        status = _load(out, "run_status") or {}
-        status.pop("benchmark", None)
-    else:
-        # --only runs a subset: keep the other benchmarks' rows, whose JSON is still rendered below.
-        status = {**(_load(out, "run_status") or {}), **run_all(names, args.quick, out, args.threads, args.learning_epochs_scale)}
-        status.pop("benchmark", None)
+    # The rows already recorded stay: --report-only re-renders them, --only replaces just its subset's.
+    status = _load(out, "run_status") or {}
+    status.pop("benchmark", None)
+    if not args.report_only:
+        status.update(run_all(names, args.quick, out, args.threads, args.learning_epochs_scale))
         (out / "run_status.json").write_text(json.dumps(status, indent=2) + "\n")
     path = render(out, status)
     print(f"\nwrote {path} ({(time.perf_counter() - started) / 60:.1f} min)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from sptrack.errors import ConfigError
 from sptrack.run.evaluate import fit_linear_probe, linear_probe_accuracy, random_init_baseline
 from sptrack.run.final_eval import final_linear_eval
+from sptrack.run.recipe import Experiment
 
 
 def _blobs(n: int, seed: int) -> list[dict]:
@@ -70,8 +70,8 @@ def test_baseline_inits_must_be_a_positive_int(inits):
 def test_final_eval_reports_the_gain_over_the_baseline_mean():
     torch.manual_seed(7)
     trained = _factory()
-    experiment = SimpleNamespace(encoder=trained, encoder_factory=_factory, embed=EMBED, eval_train_loader=TRAIN,
-                                 train_loader=None, val_loader=VAL)
+    experiment = Experiment(module=None, train_loader=None, val_loader=VAL, callbacks=[], encoder=trained,
+                            encoder_factory=_factory, embed=EMBED, eval_train_loader=TRAIN)
     out = final_linear_eval(experiment, baseline_inits=3)
     baseline = random_init_baseline(_factory, EMBED, TRAIN, VAL, inits=3)
     assert out["linear_probe_acc"] == linear_probe_accuracy(trained, EMBED, TRAIN, VAL)

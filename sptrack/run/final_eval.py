@@ -8,7 +8,7 @@ probe accuracies logged there land in the same tracked run as the training curve
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -30,13 +30,13 @@ def plain_encoder(experiment):
     return copy
 
 
-def final_linear_eval(experiment, encoder=None, baseline_inits: int = 5) -> dict[str, Optional[float]]:
+def final_linear_eval(experiment, encoder=None, baseline_inits: int = 5) -> dict[str, float]:
     """Held-out linear-probe accuracy of the trained encoder (or ``encoder``) and of random-init ones.
 
     ``random_init_linear_probe_acc`` is the mean over ``baseline_inits`` inits (``..._std`` their
     spread) and ``linear_probe_gain`` the trained accuracy minus that mean.
     """
-    train_loader = experiment.eval_train_loader or experiment.train_loader
+    train_loader = experiment.probe_train_loader
     encoder = experiment.encoder if encoder is None else encoder
     trained = linear_probe_accuracy(encoder, experiment.embed, train_loader, experiment.val_loader)
     baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, train_loader, experiment.val_loader, baseline_inits)
@@ -57,7 +57,7 @@ class FinalLinearEvaluation(pl.Callback):
     def __init__(self, experiment: Any, baseline_inits: int = 5):
         self.experiment = experiment
         self.baseline_inits = baseline_inits
-        self.results: dict[str, Optional[float]] = {}
+        self.results: dict[str, float] = {}
         self.seconds = 0.0
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -65,7 +65,7 @@ class FinalLinearEvaluation(pl.Callback):
         encoder = plain_encoder(self.experiment)
         if trainer.is_global_zero:
             self.results = final_linear_eval(self.experiment, encoder, self.baseline_inits)
-            metrics = {f"final/{k}": v for k, v in self.results.items() if v is not None}
+            metrics = {f"final/{k}": v for k, v in self.results.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
         self.seconds = time.perf_counter() - started

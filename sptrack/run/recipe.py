@@ -41,6 +41,11 @@ class Experiment:
     embed: Callable[[Any, Any], Any]
     eval_train_loader: Optional[Any] = None
 
+    @property
+    def probe_train_loader(self) -> Any:
+        """What linear probes fit on: ``eval_train_loader`` (un-augmented images) when given, else ``train_loader``."""
+        return self.eval_train_loader or self.train_loader
+
 
 @dataclass
 class Recipe:

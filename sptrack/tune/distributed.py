@@ -96,14 +96,14 @@ def close_process_group(world: World) -> None:
     Lightning destroys only the groups it created itself (in an ``atexit`` hook), and this one is
     created here. Left to interpreter exit, its C++ threads were torn down by static destructors
     in no set order, and rank 1 aborted ("terminate called without an active exception") in about
-    one 2-process sweep in four, after the sweep itself had succeeded; with this call, 0 of 12.
+    one 2-process sweep in four, after the sweep itself had succeeded; with this call, 0 of 24.
     """
     if not world.distributed:
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        barrier(world)
         dist.destroy_process_group()
 
 
