@@ -25,7 +25,10 @@ class DataConfig:
     val_batch_size: int = 500
     num_workers: int = 0
     root: Optional[str] = None  # for dataset="image_folder"
-    subset: Optional[int] = None  # use only the first N training samples (quick runs)
+    subset: Optional[int] = None  # use only N training samples, drawn with split_seed (quick runs)
+    # Seed of the train/held-out partition (and of `subset`), apart from trainer.seed: runs with
+    # different training seeds are then scored on the same held-out images.
+    split_seed: int = 0
 
 
 @dataclass
