@@ -12,6 +12,7 @@ from sptrack.data.folder import IMAGE_SUFFIXES, ImageFolder
 from sptrack.data.mnist import MNIST5k
 from sptrack.data.normalize import MNIST_MEAN, MNIST_STD, Normalize
 from sptrack.data.registry import DATASETS, build_dataset, register_dataset
+from sptrack.data.sampler import ResumableSampler
 from sptrack.data.synthetic import SyntheticImages
 from sptrack.data.views import MultiCropViews, ViewSpec
 
@@ -26,6 +27,7 @@ __all__ = [
     "MNIST5k",
     "MultiCropViews",
     "Normalize",
+    "ResumableSampler",
     "SyntheticImages",
     "TensorImageDataset",
     "ViewSpec",

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from sptrack.errors import ConfigError
 from sptrack.run.config import RecipeConfig, apply_overrides, flatten
+from sptrack.run.launch import resolve_devices
 from sptrack.run.recipe import Recipe, load_recipe, recipes_dir
 
 TRACKERS = ("none", "mlflow", "wandb")
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-epochs", type=int, help="shortcut for trainer.max_epochs")
     parser.add_argument("--seed", type=int, help="shortcut for trainer.seed")
     parser.add_argument("--tracker", choices=TRACKERS, help="experiment tracker (default: the recipe's)")
-    parser.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (same run, exact cycle position)")
+    parser.add_argument("--resume", metavar="CKPT", help="continue exactly from a checkpoint, or 'auto': the newest of the recipe's runs")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and optimizers, do not train")
     _add_sweep_arguments(parser)
     return parser
@@ -114,6 +115,9 @@ def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Name
         raise ConfigError("tracker.kind", f"must be one of {', '.join(TRACKERS)}, got {cfg.tracker.kind!r}.")
     if cfg.trainer.strategy not in STRATEGIES:
         raise ConfigError("trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {cfg.trainer.strategy!r}.")
+    # From here on devices/num_nodes are ints: given, else the launcher's (torchrun, SLURM), else 1.
+    t = cfg.trainer
+    t.devices, t.num_nodes = resolve_devices(t.devices, t.num_nodes, devices_key="--devices" if args.devices is not None else "trainer.devices")
     cfg.eval.check()
     return cfg
 
@@ -160,7 +164,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print_dry_run(recipe, cfg)
         return 0
+    from sptrack.parallel.process_group import closes_process_group
     from sptrack.run.train import train
 
-    train(recipe, cfg, ckpt_path=args.resume)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        with closes_process_group():  # the group Lightning creates, destroyed after a barrier before exit
+            train(recipe, cfg, ckpt_path=args.resume)
+    except SIGTERMException as stop:  # preempted: a checkpoint was written at the last boundary
+        print("stopped by a signal after a checkpoint; continue with: --resume auto (same command)", file=sys.stderr)
+        return int(stop.code or 1)
     return 0

@@ -42,8 +42,9 @@ class TrainerConfig:
     gradient_clip_algorithm: str = "norm"
     precision: str = "32-true"
     accelerator: str = "cpu"
-    devices: int = 1
-    num_nodes: int = 1
+    # None: what the launcher (torchrun, SLURM) started, else 1 (sptrack.run.launch.resolve_devices).
+    devices: Optional[int] = None
+    num_nodes: Optional[int] = None
     strategy: str = "auto"
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
@@ -51,6 +52,11 @@ class TrainerConfig:
     limit_val_batches: Optional[float] = None
     seed: int = 0
     output_dir: str = "runs"
+    # Checkpoints inside an epoch (sptrack.run.checkpoints): by optimizer steps and by wall time (only
+    # the newest such file is kept); at epoch ends the newest `keep_checkpoints` and last.ckpt.
+    checkpoint_every_n_steps: Optional[int] = None
+    checkpoint_every_minutes: Optional[float] = 30.0
+    keep_checkpoints: int = 3
 
 
 @dataclass

@@ -8,6 +8,7 @@ from sptrack.console import print_table
 
 from sptrack.module.slots import render_summary
 from sptrack.run.config import RecipeConfig, flatten
+from sptrack.run.launch import detect
 from sptrack.run.recipe import Recipe
 
 
@@ -21,6 +22,7 @@ def print_dry_run(recipe: Recipe, cfg: RecipeConfig) -> list[dict]:
         changed = defaults.get(key, object()) != value
         table.add_row(f"[bold]{key}[/bold]" if changed else key, repr(value))
     print_table(table)
+    print(f"trainer.devices={cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}; {detect().describe()}")
     experiment = recipe.build(cfg)
     for callback in experiment.callbacks:
         # Callbacks that own optimizers register them on the Module; do it now so the plan shows them.

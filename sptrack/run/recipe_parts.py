@@ -17,7 +17,7 @@ def loaders_for(cfg: RecipeConfig, train_transform: Optional[Callable[[dict], An
     data = cfg.data
     extra = {"root": data.root} if data.root else {}
     return recipe_loaders(data.dataset, data.batch_size, data.val_batch_size, train_transform, data.num_workers,
-                          data.subset, seed=data.split_seed, **extra)
+                          data.subset, seed=data.split_seed, shuffle_seed=cfg.trainer.seed, **extra)
 
 
 def evaluation_callbacks(embed_dim: int, probe_lr: float, num_classes: int = 10, knn_k: int = 20) -> list:

@@ -20,16 +20,25 @@ def next_version_dir(root: Path) -> Path:
             n += 1
 
 
+def resumed_version_dir(root: Path, checkpoint: str | Path) -> Path | None:
+    """``root/version_N`` when ``checkpoint`` lies in its ``checkpoints`` folder, else None."""
+    folder = Path(checkpoint).resolve().parent
+    if folder.name == "checkpoints" and folder.parent.parent == root.resolve() and folder.parent.name.startswith("version_"):
+        return folder.parent
+    return None
+
+
 class RunDirectory(pl.Callback):
     """Rank 0 creates ``<output_dir>/<recipe>/version_N`` and broadcasts it; checkpoints go below it.
 
     Broadcasting (rather than every rank computing a name) keeps ranks on other hosts or started
-    at other instants in the same directory name.
+    at other instants in the same directory name. A job resumed from a checkpoint at
+    ``root/version_N/checkpoints/...`` continues in ``version_N``.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, resume_from: str | Path | None = None):
         self.root = Path(root)
-        self.path: Path | None = None
+        self.path: Path | None = resumed_version_dir(self.root, resume_from) if resume_from else None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Choose the directory once per job and point the checkpoint callback into it."""

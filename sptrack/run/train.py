@@ -7,19 +7,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar
 
+from sptrack.callbacks import ExactResume
+from sptrack.errors import ConfigError
 from sptrack.module.trainer import Trainer
+from sptrack.run.checkpoints import checkpoint_callbacks, latest_checkpoint
 from sptrack.run.config import RecipeConfig
 from sptrack.run.final_eval import FinalLinearEvaluation
+from sptrack.run.launch import resolve_devices
 from sptrack.run.recipe import Recipe
 from sptrack.run.report import print_report
 from sptrack.run.run_dir import RunDirectory
 
 
 def trainer_kwargs(cfg: RecipeConfig) -> dict:
-    """Lightning Trainer arguments from ``cfg.trainer`` (None-valued limits left to Lightning)."""
+    """Lightning Trainer arguments from ``cfg.trainer`` (None-valued limits left to Lightning; devices and
+    num_nodes resolved against the launcher, see :mod:`sptrack.run.launch`)."""
     t = cfg.trainer
+    devices, num_nodes = resolve_devices(t.devices, t.num_nodes)
     kwargs: dict[str, Any] = dict(
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
@@ -28,8 +34,8 @@ def trainer_kwargs(cfg: RecipeConfig) -> dict:
         gradient_clip_algorithm=t.gradient_clip_algorithm,
         precision=t.precision,
         accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
+        devices=devices,
+        num_nodes=num_nodes,
         strategy=t.strategy,
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
@@ -43,21 +49,31 @@ def trainer_kwargs(cfg: RecipeConfig) -> dict:
     return kwargs
 
 
-def build_trainer(recipe: Recipe, cfg: RecipeConfig, callbacks: list, logger: Any = False) -> tuple[Trainer, RunDirectory]:
-    """The Trainer with the recipe's callbacks, a run directory, checkpoints and a rich progress bar."""
-    run_dir = RunDirectory(Path(cfg.trainer.output_dir) / recipe.name)
-    checkpoint = ModelCheckpoint(save_last=True, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+def build_trainer(recipe: Recipe, cfg: RecipeConfig, callbacks: list, logger: Any = False,
+                  resume_from: Optional[str] = None) -> tuple[Trainer, RunDirectory]:
+    """The Trainer with the recipe's callbacks, a run directory, checkpoints and a rich progress bar.
+
+    A run resumed from a checkpoint inside ``<output_dir>/<recipe>/version_N/`` keeps writing there.
+    """
+    t = cfg.trainer
+    root = Path(t.output_dir) / recipe.name
+    run_dir = RunDirectory(root, resume_from=resume_from)
     trainer = Trainer(
         **trainer_kwargs(cfg),
-        callbacks=[run_dir, *callbacks, checkpoint, RichProgressBar(leave=True)],
+        callbacks=[run_dir, *callbacks, *checkpoint_callbacks(t.checkpoint_every_n_steps, t.checkpoint_every_minutes,
+                                                              t.keep_checkpoints), RichProgressBar(leave=True)],
         logger=logger,
-        default_root_dir=str(Path(cfg.trainer.output_dir) / recipe.name),
+        default_root_dir=str(root),
     )
     return trainer, run_dir
 
 
 def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) -> dict:
-    """Fit ``recipe`` with ``cfg``; on global rank 0 evaluate and print the report. Returns the results."""
+    """Fit ``recipe`` with ``cfg``; on global rank 0 evaluate and print the report. Returns the results.
+
+    ``ckpt_path="auto"`` resumes from the newest checkpoint of ``<output_dir>/<recipe>/`` (a fresh
+    run when there is none); any checkpoint resumes exactly (see :class:`ExactResume`).
+    """
     from sptrack.track import build_tracker, tracker_callbacks
 
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -66,8 +82,12 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     tracker = build_tracker(t.kind, uri=t.uri, experiment=t.experiment or recipe.name, run_name=t.run_name)
     tracking = tracker_callbacks(tracker, config=cfg, recipe_path=str(recipe.path))
     evaluation = FinalLinearEvaluation(experiment, cfg.eval.baseline_inits)
-    # The tracker's callbacks come last: they close the run after the evaluation has logged to it.
-    trainer, run_dir = build_trainer(recipe, cfg, [*experiment.callbacks, evaluation, *tracking])
+    if ckpt_path == "auto":
+        ckpt_path = resolve_auto_resume(Path(cfg.trainer.output_dir) / recipe.name)
+    # The tracker's callbacks come after the evaluation: they close the run after it has logged to it.
+    # ExactResume comes last, so it restores the generators after every other on_train_start.
+    callbacks = [*experiment.callbacks, evaluation, *tracking, ExactResume(experiment.train_loader)]
+    trainer, run_dir = build_trainer(recipe, cfg, callbacks, resume_from=ckpt_path)
     start = time.perf_counter()
     trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start - evaluation.seconds
@@ -83,3 +103,15 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
         results["tracker_run"] = f"{t.kind} {tracker.run_id}"
     print_report(recipe.name, results)
     return results
+
+
+def resolve_auto_resume(root: Path) -> Optional[str]:
+    """``--resume auto``: the newest checkpoint under ``root``, or None (a fresh run) when there is none.
+
+    Each process looks in its own ``root``: Lightning reads the checkpoint on every rank, so on
+    several machines the output folder must be shared (or the path given explicitly).
+    """
+    try:
+        return str(latest_checkpoint(root))
+    except ConfigError:
+        return None

@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from sptrack.run.launch import detect
+
 #: Set in sweep processes started by this module, so that they do not relaunch again.
 LAUNCHED_ENV = "SPTRACK_SWEEP_LAUNCHED"
 
@@ -94,22 +96,19 @@ def close_process_group(world: World) -> None:
     """Wait for every rank, then destroy the default process group this module created.
 
     Lightning destroys only the groups it created itself (in an ``atexit`` hook), and this one is
-    created here. Left to interpreter exit, its C++ threads were torn down by static destructors
-    in no set order, and rank 1 aborted ("terminate called without an active exception") in about
-    one 2-process sweep in four, after the sweep itself had succeeded; with this call, 0 of 24.
+    created here; left to interpreter exit, rank 1 aborted in about one 2-process sweep in four
+    (see :mod:`sptrack.parallel.process_group`, which training through the CLI uses too).
     """
-    if not world.distributed:
-        return
-    import torch.distributed as dist
+    if world.distributed:
+        from sptrack.parallel.process_group import close_default_group
 
-    if dist.is_initialized():
-        barrier(world)
-        dist.destroy_process_group()
+        close_default_group()
 
 
 def needs_relaunch(devices: int, strategy: str) -> bool:
-    """``--devices N>1`` with ``ddp``/``fsdp2`` outside torchrun: the sweep must start its N processes itself."""
-    return devices > 1 and strategy in ("ddp", "fsdp2") and not under_torchrun()
+    """``--devices N>1`` with ``ddp``/``fsdp2`` where no launcher (torchrun, SLURM) started the processes:
+    the sweep must start its N processes itself. ``devices`` is the resolved value (an int)."""
+    return devices > 1 and strategy in ("ddp", "fsdp2") and not under_torchrun() and detect().kind == "none"
 
 
 def relaunch_command(nproc: int, argv: Sequence[str]) -> list[str]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sptrack.errors import ConfigError
+from sptrack.run.launch import resolve_devices
 from sptrack.tune.distributed import (
     LAUNCHED_ENV, World, barrier, broadcast_object, close_process_group, init_process_group, needs_relaunch, relaunch, under_torchrun, world_from_env,
 )
@@ -61,7 +62,7 @@ def prepare(recipe: Any, cfg: Any, opts: SweepOptions) -> SearchSpace:
     storage_spec(recipe, cfg, opts)
     if cfg.trainer.strategy == "auto" and world_from_env().distributed:
         raise ConfigError("--strategy", f"this command runs as {world_from_env().size} processes (torchrun) but the strategy is 'auto'.",
-                          "Pass --strategy ddp or --strategy fsdp2 with --devices <processes per node>.")
+                          "Pass --strategy ddp or --strategy fsdp2.")
     return SearchSpace.from_config(cfg)
 
 
@@ -184,8 +185,9 @@ def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) ->
     worker = os.environ.get(WORKER_ENV)
     if opts.workers > 1 and worker is None and not under_torchrun():
         return _launch_workers(recipe, cfg, opts, name, spec, argv)
-    if needs_relaunch(cfg.trainer.devices, cfg.trainer.strategy) and not os.environ.get(LAUNCHED_ENV):
-        return relaunch(cfg.trainer.devices, argv)
+    devices, _ = resolve_devices(cfg.trainer.devices, cfg.trainer.num_nodes)  # the CLI has resolved them already
+    if needs_relaunch(devices, cfg.trainer.strategy) and not os.environ.get(LAUNCHED_ENV):
+        return relaunch(devices, argv)
     world = init_process_group(cfg.trainer.accelerator) if under_torchrun() else World()
     # Optuna warns that heartbeats are meant for study.optimize: this runner beats itself (Heartbeat).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
