@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
         else:
             print(f"reference library: skipped ({ref['skipped'][:300]})")
     if "vit" in workloads:
-        from overhead_vit import VARIANTS as VIT_VARIANTS, make_loader
+        from overhead_vit import VARIANTS as VIT_VARIANTS
+        from overhead_vit import make_loader
 
         steps = args.vit_steps or (6 if args.quick else 16)
         rounds = args.rounds or (3 if args.quick else 6)

@@ -23,7 +23,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from mlp_workload import (  # noqa: E402
-    ADAMW_LR, HEAD_FREQUENCY, SGD_LR, SGD_MOMENTUM, Batches, build_model, hand_loop, loss_fn,
+    ADAMW_LR,
+    HEAD_FREQUENCY,
+    SGD_LR,
+    SGD_MOMENTUM,
+    Batches,
+    build_model,
+    hand_loop,
+    loss_fn,
 )
 
 

@@ -2,12 +2,13 @@
 
     python bench/run.py                        # everything, <= 20 minutes on 2 CPU cores
     python bench/run.py --quick                # a few rounds of each, for development (~4 minutes)
-    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, learning, sweeps
+    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps
     python bench/run.py --report-only          # re-render RESULTS.md from the JSON already there
 
 Each benchmark runs in its own process (its own thread settings, imports and memory) and writes its
 JSON; this script then renders every JSON found, including ``gpu_throughput.json`` from
-``bench/gpu.sh`` when a GPU run was recorded, into one markdown file. ``learning`` and ``sweeps``
+``bench/gpu.sh`` when a GPU run was recorded, into one markdown file. ``comm`` (``bench/comm.py``)
+launches its own two processes (DDP, gloo) and writes ``comm.json`` with its markdown section. ``learning`` and ``sweeps``
 are hooks: they run ``bench/learning.py`` / ``bench/sweeps.py`` when those exist (called with
 ``--out DIR`` and, in quick mode, ``--quick``; expected to write ``DIR/learning.json`` /
 ``DIR/sweeps.json``, whose optional ``"markdown"`` string is copied into RESULTS.md), and are
@@ -28,7 +29,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-ALL = ("overhead", "cli", "tracker", "learning", "sweeps")
+ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps")
 #: Full mode: the recipes' schedules times this (bench/learning.py: ~6 of the 20 minutes at 0.5; ~12 at 1.0).
 LEARNING_EPOCHS_SCALE = 0.5
 
@@ -42,6 +43,8 @@ def commands(quick: bool, out: Path, threads: int, epochs_scale: float = LEARNIN
         "cli": [py, str(BENCH / "cli_startup.py"), "--out", str(out), *q],
         "tracker": [py, str(BENCH / "tracker_cost.py"), "--json", str(out / "tracker_cost.json"),
                     *(["--reps", "2", "--batches", "30"] if quick else ["--reps", "4", "--batches", "60"])],
+        # Two processes of one thread each, whatever --threads says (the machine's 2 cores).
+        "comm": [py, str(BENCH / "comm.py"), "--out", str(out), *q],
     }
     # learning trains with 2 torch threads (its own default, the machine's cores); sweeps with 1 (small models).
     extra = {"learning": [] if quick else ["--epochs-scale", str(epochs_scale)], "sweeps": []}
@@ -149,6 +152,11 @@ def tracker_md(data: dict) -> list[str]:
     return lines + [""]
 
 
+def comm_md(data: dict) -> list[str]:
+    """The section bench/comm.py wrote into comm.json."""
+    return [data["markdown"].rstrip(), ""]
+
+
 def gpu_md(data: dict) -> list[str]:
     """One line for gpu_throughput.json (written by bench/gpu.sh)."""
     if data.get("smoke"):
@@ -168,7 +176,8 @@ def render(out: Path, status: dict) -> Path:
     env = next((d["environment"] for n in ("overhead", "cli_startup") if (d := _load(out, n)) and "environment" in d), None)
     if env:
         lines += [f"Machine: {env['cpus']} CPUs, 1-minute load {env['load_1min']:.2f} at the start, Python {env['python']}, torch {env['torch']}.", ""]
-    sections = [("overhead", overhead_md), ("cli_startup", cli_md), ("tracker_cost", tracker_md), ("gpu_throughput", gpu_md)]
+    sections = [("overhead", overhead_md), ("cli_startup", cli_md), ("tracker_cost", tracker_md), ("comm", comm_md),
+                ("gpu_throughput", gpu_md)]
     for name, fn in sections:
         data = _load(out, name)
         if data is not None:

@@ -55,7 +55,7 @@ def loader(n: int = 20, batch_size: int = 4, seed: int = 0) -> DataLoader:
 
 
 def trainer(**kwargs) -> pl.Trainer:
-    """A quiet CPU Trainer; keyword arguments override the defaults."""
+    """A quiet CPU ``sptrack.Trainer``; keyword arguments override the defaults."""
     defaults = dict(
         accelerator="cpu",
         devices=1,
@@ -67,7 +67,9 @@ def trainer(**kwargs) -> pl.Trainer:
         num_sanity_val_steps=0,
     )
     defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+    import sptrack
+
+    return sptrack.Trainer(**defaults)
 
 
 class RecordingLogger(Logger):

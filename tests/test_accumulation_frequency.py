@@ -156,3 +156,53 @@ def test_after_manual_backward_runs_once_per_batch_with_gradients_present():
     nets = dict(zip(("backbone", "head"), make_nets()))
     trainer(max_epochs=1).fit(Hooked(forward=mse_forward, optim=two_optimizers("SGD", "SGD"), **nets), loader(n=12, batch_size=4))
     assert seen == [True, True, True]
+
+
+class PeekEstimate(pl.Callback):
+    """Records ``trainer.estimated_stepping_batches`` when training starts."""
+
+    def on_train_start(self, trainer, module):
+        self.estimate = trainer.estimated_stepping_batches
+
+
+def test_plain_lightning_trainer_with_accumulation_is_refused():
+    """Its estimated_stepping_batches would count micro-batches: a clear error naming the fix instead."""
+    nets = dict(zip(("backbone", "head"), make_nets()))
+    module = sptrack.Module(forward=mse_forward, optim=two_optimizers("SGD", "SGD"), **nets)
+    t = pl.Trainer(accelerator="cpu", max_epochs=1, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(sptrack.ConfigError, match="accumulate_grad_batches: a plain lightning.pytorch.Trainer .* Use sptrack.Trainer"):
+        t.fit(module, loader(n=8, batch_size=4))
+
+
+@pytest.mark.parametrize("trainer_class", [sptrack.Trainer])
+@pytest.mark.parametrize("max_steps,expected", [(-1, 7), (5, 5)])
+def test_estimated_stepping_batches_counts_boundaries_on_plain_and_sptrack_trainers(trainer_class, max_steps, expected):
+    """10 batches per epoch, accumulate 4, 3 epochs: cycles run across epochs, so 30 // 4 = 7 boundaries
+    (Lightning's per-epoch count would say ceil(10 / 4) * 3 = 9, and 30 without the take-over)."""
+    nets = dict(zip(("backbone", "head"), make_nets()))
+    module = sptrack.Module(forward=mse_forward, optim=two_optimizers("SGD", "SGD", head_frequency=2), **nets)
+    peek = PeekEstimate()
+    t = trainer_class(accelerator="cpu", max_epochs=3, max_steps=max_steps, accumulate_grad_batches=4, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[peek])
+    t.fit(module, loader(n=40, batch_size=4))
+    assert peek.estimate == expected == t.global_step
+    assert t.estimated_stepping_batches == expected  # also after fit, with the Trainer's settings handed back
+
+
+def test_plain_lightning_module_keeps_lightnings_estimate():
+    class Plain(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch["x"]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    peek = PeekEstimate()
+    t = trainer(max_epochs=3, accumulate_grad_batches=4, callbacks=[peek])
+    t.fit(Plain(), loader(n=40, batch_size=4))
+    assert peek.estimate == 9 == t.global_step  # Lightning's own: ceil(10 / 4) per epoch

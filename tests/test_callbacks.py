@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import trainer
-from dist.launch import torchrun
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import sptrack
+from conftest import trainer
+from dist.launch import torchrun
 from sptrack.callbacks import (
     EMATeacher,
     EMAUpdate,

@@ -8,6 +8,10 @@ one process with batch size 2B over the same sample order. The model has two opt
 frequency 2, the Trainer's clip by value 0.05, active at each of its steps), so matching parameters
 require gradients averaged (not summed) across ranks before clipping, a global clipping norm under
 FSDP2, and the frequency cycle continuing across the epoch end (5 batches per epoch).
+
+With ``accumulate_grad_batches=2`` each rank trains the same samples in two micro-batches per global
+batch; gradients must then be synchronised once per accumulation boundary (checked by counting DDP
+all-reduces with a communication hook and FSDP2 reduce-scatters) and still equal the reference.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from dist.launch import run, torchrun
 
 TESTS = Path(__file__).resolve().parent
@@ -38,8 +43,8 @@ def _load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def _torchrun(strategy: str, out: Path) -> list[dict]:
-    torchrun(DIST / "train_worker.py", "--strategy", strategy, "--out", str(out), nproc=NPROC, timeout=TIMEOUT_S)
+def _torchrun(strategy: str, out: Path, *extra: str) -> list[dict]:
+    torchrun(DIST / "train_worker.py", "--strategy", strategy, "--out", str(out), *extra, nproc=NPROC, timeout=TIMEOUT_S)
     return [_load(out / f"rank{r}.pt") for r in range(NPROC)]
 
 
@@ -74,16 +79,18 @@ def test_reference_run_is_meaningful(reference):
     assert reference["clip"] == [("backbone", worker.BACKBONE_CLIP, "norm"), ("head", worker.TRAINER_CLIP, "value")]
 
 
-def _assert_matches_reference(results: list[dict], reference: dict, strategy_class: str, sharded: bool) -> None:
+def _assert_matches_reference(results: list[dict], reference: dict, strategy_class: str, sharded: bool, accumulate: int = 1) -> None:
     per_rank = worker.GLOBAL_BATCH // NPROC
     for rank, res in enumerate(results):
         where = f"rank {rank}"
         assert res["strategy"] == strategy_class, where
         assert res["world_size"] == NPROC, where
         assert res["sharded"] is sharded, where
-        # Each rank saw exactly its half of every global batch of the reference, in order.
+        # Each rank saw exactly its half of every global batch of the reference, in order (in
+        # `accumulate` micro-batches of equal size).
         expected = [b[rank * per_rank:(rank + 1) * per_rank] for b in reference["seen_indices"]]
-        assert res["seen_indices"] == expected, where
+        micro = per_rank // accumulate
+        assert res["seen_indices"] == [b[i:i + micro] for b in expected for i in range(0, per_rank, micro)], where
         assert res["global_step"] == STEPS == reference["global_step"], where
         assert res["head_adam_steps"] == [HEAD_STEPS], where
         assert res["clip"] == reference["clip"], where
@@ -145,3 +152,36 @@ def test_fit_under_fsdp1_is_rejected_by_module_setup():
 def test_fsdp2_two_processes_match_single_process(reference, tmp_path, strategy):
     results = _torchrun(strategy, tmp_path)
     _assert_matches_reference(results, reference, "FSDP2Strategy", sharded=True)
+
+
+ACCUMULATE = 2
+MICRO_BATCHES = STEPS * ACCUMULATE  # 20 per rank, 10 per epoch: epochs end on boundaries
+
+
+@pytest.mark.parametrize(
+    "strategy,strategy_class,sharded,kind,units",
+    [
+        # One DDP bucket (a 435-parameter model) -> one all-reduce per synchronised backward.
+        ("ddp", "DDPStrategy", False, "ddp_allreduce", 1),
+        # Two fully_shard units own parameters (backbone, head) -> two reduce-scatters.
+        ("fsdp2", "FSDP2Strategy", True, "fsdp2_reduce_scatter", 2),
+    ],
+)
+def test_accumulation_syncs_once_per_boundary_and_matches_single_process(reference, tmp_path, strategy, strategy_class, sharded, kind, units):
+    """accumulate_grad_batches=2, frequencies 1 and 2: equal to one process on the global batch, and
+    gradients cross ranks only in the backward of micro-batches 2, 4, ..., 20 (not 20 times)."""
+    results = _torchrun(strategy, tmp_path, "--accumulate", str(ACCUMULATE))
+    _assert_matches_reference(results, reference, strategy_class, sharded=sharded, accumulate=ACCUMULATE)
+    boundaries = list(range(ACCUMULATE, MICRO_BATCHES + 1, ACCUMULATE))
+    for res in results:
+        assert res["accumulate"] == ACCUMULATE and res["num_batches_per_epoch"] == MICRO_BATCHES // worker.MAX_EPOCHS
+        assert res["comm_kind"] == kind
+        assert res["comm_micro_batches"] == [b for b in boundaries for _ in range(units)]
+
+
+def test_ddp_sync_always_switch_syncs_every_micro_batch(reference, tmp_path):
+    """The benchmark's baseline switch: every micro-batch all-reduces, and the result is the same."""
+    results = _torchrun("ddp", tmp_path, "--accumulate", str(ACCUMULATE), "--sync-always")
+    _assert_matches_reference(results, reference, "DDPStrategy", sharded=False, accumulate=ACCUMULATE)
+    for res in results:
+        assert res["comm_micro_batches"] == list(range(1, MICRO_BATCHES + 1))

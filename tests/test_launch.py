@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist.launch import clean_env, free_port, run
 
+from dist.launch import clean_env, free_port, run
 from sptrack.errors import ConfigError
 from sptrack.run.cli import main
 from sptrack.run.launch import detect, resolve_devices

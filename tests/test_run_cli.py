@@ -12,8 +12,8 @@ import torch
 
 from sptrack.run.cli import main
 from sptrack.run.config import apply_overrides
-from sptrack.run.recipe import load_recipe
 from sptrack.run.final_eval import final_linear_eval
+from sptrack.run.recipe import load_recipe
 from sptrack.run.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

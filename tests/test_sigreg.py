@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist.launch import run, torchrun
 
+from dist.launch import run, torchrun
 from sptrack.errors import ConfigError
 from sptrack.methods import EppsPulley, LeJEPALoss, SIGReg, invariance_loss
 

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Optional, Sequence
+from typing import Sequence
 
 import lightning.pytorch as pl
 from torch import nn
 
 from sptrack.errors import ConfigError
+from sptrack.module.run_length import scheduler_run_length
 from sptrack.module.slots import OptimizerSlot
 from sptrack.optim.assign import assign_parameters
 from sptrack.optim.config import OptimizerConfig
 from sptrack.optim.schedulers import build_scheduler
-
-
-def scheduler_run_length(trainer: "pl.Trainer", accumulate: int, interval: str, frequency: int) -> Optional[int]:
-    """How often a scheduler will step in this fit: its optimizer's steps ('step') or epochs ('epoch').
-
-    Counts accumulation boundaries over the whole run (``max_epochs`` x batches per epoch / N,
-    capped by ``max_steps``); None when the run is unbounded.
-    """
-    trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning size the train dataloader
-    per_epoch = trainer.num_training_batches
-    max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-    max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
-    boundaries = math.inf
-    if max_epochs is not None and math.isfinite(per_epoch):
-        boundaries = (max_epochs * per_epoch) // accumulate
-    if max_steps is not None:
-        boundaries = min(boundaries, max_steps)
-    if not math.isfinite(boundaries):
-        return None
-    if interval == "step":
-        return int(boundaries) // frequency
-    if max_steps is None and max_epochs is not None:
-        return max_epochs
-    return math.ceil(boundaries * accumulate / per_epoch) if math.isfinite(per_epoch) and per_epoch else None
 
 
 def _slot(config: OptimizerConfig, index: int, named: list, matched: list, trainer, accumulate: int, with_schedulers: bool) -> OptimizerSlot:

@@ -30,3 +30,34 @@ def attach_pending_grads(named_params: Mapping[str, torch.Tensor], pending: Mapp
             raise KeyError(f"checkpoint holds a pending gradient for {name!r}, which this Module does not have.")
         param = named_params[name]
         param.grad = to_local_like(grad, param)
+
+
+def gather_per_rank(pending: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Every rank's ``pending`` gradients, in rank order (a collective: every rank must call it).
+
+    Under DDP the micro-batches of a window before its synchronising one leave each rank with its
+    own local gradients; a checkpoint written then (Lightning writes rank 0's) keeps all of them.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [pending]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, pending)
+    return out
+
+
+def this_ranks_share(per_rank: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """This rank's entry of :func:`gather_per_rank`'s list.
+
+    Resumed on another number of ranks, every rank gets the mean: the window's next synchronisation
+    averages it with the rest of the window, the same gradient up to rounding.
+    """
+    import torch.distributed as dist
+
+    initialized = dist.is_available() and dist.is_initialized()
+    world, rank = (dist.get_world_size(), dist.get_rank()) if initialized else (1, 0)
+    if len(per_rank) == world:
+        return per_rank[rank]
+    names = set().union(*per_rank)
+    return {n: sum(p[n] for p in per_rank if n in p) / len(per_rank) for n in names}

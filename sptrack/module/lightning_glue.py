@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import lightning.pytorch as pl
+import torch
+
+#: Lightning sets ``LightningModule._current_fx_name`` around every hook call (about 30 writes per
+#: training step); it is never a parameter, buffer or submodule, so the Module writes it directly
+#: instead of through ``nn.Module.__setattr__``'s registration checks (~2 us per write).
+HOT_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name"})
 
 
 @dataclass
@@ -79,3 +85,43 @@ def set_logging_step(trainer: "pl.Trainer", step: int) -> None:
     as it was before this batch's boundary.
     """
     trainer.fit_loop.epoch_loop._batches_that_stepped = step
+
+
+def attached_trainer(module: "pl.LightningModule") -> Optional["pl.Trainer"]:
+    """The Trainer ``module`` is attached to, or None, without the attachment check.
+
+    ``LightningModule.trainer`` raises when no Trainer is attached (and re-checks on every read);
+    the training step reads it once per micro-batch, and teardown must tell "none" from "one".
+    """
+    return module._trainer
+
+
+def is_last_batch(trainer: "pl.Trainer") -> bool:
+    """Whether the batch being trained is the last one of its epoch (Lightning's own flag).
+
+    No public property tells it; the fit loop's batch progress knows it also for loaders without
+    a length.
+    """
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def run_before_optimizer_step_hooks(trainer: "pl.Trainer", optimizer: torch.optim.Optimizer) -> None:
+    """Call every callback's, then the Module's ``on_before_optimizer_step(optimizer)``, as Lightning does.
+
+    Under fp16 loss scaling sptrack drives the GradScaler itself (one ``update()`` per accumulation
+    boundary, see :mod:`sptrack.module.scaling`) instead of ``strategy.optimizer_step``, whose
+    precision plugin would update the scale after every optimizer. Lightning's hook dispatchers
+    are private; using them keeps what they add (``_current_fx_name`` for ``self.log`` inside the
+    hook, profiler sections) identical to the plugin path.
+    """
+    from lightning.pytorch.trainer import call
+
+    call._call_callback_hooks(trainer, "on_before_optimizer_step", optimizer)
+    call._call_lightning_module_hook(trainer, "on_before_optimizer_step", optimizer)
+
+
+
+
+def lightning_estimate(trainer: "pl.Trainer"):
+    """Lightning's own ``estimated_stepping_batches`` (also sizes the train dataloader when needed)."""
+    return pl.Trainer.estimated_stepping_batches.fget(trainer)

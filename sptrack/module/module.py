@@ -11,16 +11,17 @@ from torch import nn
 
 from sptrack.console import print_table
 from sptrack.errors import ConfigError
+from sptrack.module.build import build_slots
 from sptrack.module.lightning_glue import (
-    GradientSettings,
+    HOT_PLAIN_ATTRIBUTES,
+    attached_trainer,
     restore_gradient_settings,
     set_logging_step,
     take_over_gradient_settings,
 )
-from sptrack.module.build import build_slots
-from sptrack.module.checkpointing import attach_pending_grads, collect_pending_grads
 from sptrack.module.slots import OptimizerSlot, render_summary
-from sptrack.module.stepping import OptimizerStepping
+from sptrack.module.step_state import StepState
+from sptrack.module.trainer import Trainer
 from sptrack.module.transforms import GpuTransformCache
 from sptrack.optim.assign import assign_parameters
 from sptrack.optim.config import OptimizerConfig, parse_entry, parse_optim
@@ -31,14 +32,10 @@ CALLBACK_CONTAINERS = ("callbacks_modules", "callbacks_metrics")
 #: What a Module gets when no ``optim`` is declared.
 DEFAULT_OPTIM = {"optimizer": {"type": "AdamW", "lr": 1e-3}}
 _CHECKPOINT_KEY = "sptrack"
-#: Plain-value attributes written many times per training step: Lightning sets ``_current_fx_name``
-#: around every hook call (about 30 writes per step), sptrack ``_micro_batches`` once. They are never
-#: parameters, buffers or submodules, so ``nn.Module.__setattr__``'s registration checks (~2 us per
-#: write, mostly ``isinstance`` against Parameter's metaclass) are skipped for them.
-_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_micro_batches"})
 
 
-class Module(OptimizerStepping, pl.LightningModule):
+
+class Module(pl.LightningModule):
     """A LightningModule whose training step is one backward of a joint loss and a per-optimizer step.
 
     ``Module(forward=fn, optim={...}, backbone=net, head=mlp, ...)``: every extra keyword becomes an
@@ -56,6 +53,9 @@ class Module(OptimizerStepping, pl.LightningModule):
       over its last f boundaries (its gradients are kept until it steps, and only its own are zeroed);
     * clipping (per-optimizer ``gradient_clip_val``/``gradient_clip_algorithm``, else the Trainer's)
       is applied to that optimizer's parameters right before it steps, after AMP unscaling;
+    * fp16 mixed precision: one ``GradScaler.update()`` per boundary, frequency windows summed
+      unscaled (see :mod:`sptrack.module.scaling`);
+    * DDP/FSDP2 synchronise gradients once per boundary, not per micro-batch (see :mod:`sptrack.module.sync`);
     * ``interval="step"`` schedulers step each time their optimizer steps, ``"epoch"`` ones once per
       epoch; ReduceLROnPlateau steps on its ``monitor`` metric;
     * ``hparams/lr_<name>`` logs the lr each optimizer used, at each of its steps.
@@ -95,17 +95,17 @@ class Module(OptimizerStepping, pl.LightningModule):
         self._optim_configs = parse_optim(self.optim)
         # Fail on a bad pattern now rather than after the Trainer has started.
         assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
-        self._slots: list[OptimizerSlot] = []
         self._callback_optim: list[tuple[OptimizerConfig, str]] = []
         self._objectives: dict[str, Callable] = {}
-        self._gradient_settings = GradientSettings()
-        self._micro_batches = 0
-        self._pending_grads: dict[str, torch.Tensor] = {}
+        self._steps = StepState()
         self._gpu_transforms = GpuTransformCache()
 
+    #: Lets ``estimated_stepping_batches`` count accumulation boundaries (see lightning_glue).
+    counts_in_boundaries = True
+
     def __setattr__(self, name: str, value: Any) -> None:
-        """``nn.Module.__setattr__``, with a direct write for the per-step :data:`_PLAIN_ATTRIBUTES`."""
-        if name in _PLAIN_ATTRIBUTES:
+        """``nn.Module.__setattr__``, with a direct write for Lightning's per-hook ``HOT_PLAIN_ATTRIBUTES``."""
+        if name in HOT_PLAIN_ATTRIBUTES:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
@@ -120,25 +120,43 @@ class Module(OptimizerStepping, pl.LightningModule):
     def trainer(self, trainer: Optional["pl.Trainer"]) -> None:
         pl.LightningModule.trainer.fset(self, trainer)
         if isinstance(trainer, pl.Trainer):
-            self._gradient_settings = take_over_gradient_settings(trainer)
+            if not isinstance(trainer, Trainer) and int(trainer.accumulate_grad_batches) > 1:
+                # Lightning's own Trainer would report estimated_stepping_batches (which schedules and
+                # recipes read) in micro-batches per epoch, not in the boundaries global_step counts.
+                raise ConfigError(
+                    "accumulate_grad_batches",
+                    "a plain lightning.pytorch.Trainer cannot accumulate for an sptrack.Module.",
+                    "Use sptrack.Trainer (the same arguments).",
+                )
+            self._steps.settings = take_over_gradient_settings(trainer)
 
     @property
     def accumulate_grad_batches(self) -> int:
         """Micro-batches per accumulation boundary (the Trainer's ``accumulate_grad_batches``)."""
-        return self._gradient_settings.accumulate_grad_batches
+        return self._steps.accumulate
+
+    @property
+    def step_state(self) -> StepState:
+        """The :class:`~sptrack.module.step_state.StepState` that owns slots, cycles, scaling and sync."""
+        return self._steps
+
+    @property
+    def _slots(self) -> list[OptimizerSlot]:
+        return self._steps.slots
 
     def setup(self, stage: str) -> None:
         """Reject FSDP1 and reset the micro-batch counter before a checkpoint may restore it."""
         reject_fsdp1(self.trainer.strategy)
         if stage == "fit":
-            self._micro_batches = 0
-            self._pending_grads = {}
+            self._steps.reset()
         self._gpu_transforms.clear()
 
     def teardown(self, stage: str) -> None:
-        """Hand the Trainer its accumulation/clipping settings back."""
-        if self._trainer is not None:
-            restore_gradient_settings(self._trainer)
+        """Hand the Trainer its accumulation/clipping settings back; stop controlling gradient sync."""
+        trainer = attached_trainer(self)
+        if trainer is not None:
+            restore_gradient_settings(trainer)
+        self._steps.release()
 
     def configure_model(self) -> None:
         """Under FSDP2 (a device mesh exists) shard the model once with ``parallelize_fn``."""
@@ -196,15 +214,15 @@ class Module(OptimizerStepping, pl.LightningModule):
         loss = state["loss"]
         for objective in self._objectives.values():
             loss = loss + objective(self, batch, state)
-        accumulate = self._gradient_settings.accumulate_grad_batches
+        steps = self._steps
+        accumulate = steps.accumulate
         # The hot path reads the attached Trainer directly: the `trainer` property re-checks attachment.
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         step_before = trainer.global_step
+        steps.before_backward(trainer)
         self.manual_backward(loss / accumulate if accumulate > 1 else loss)
         self.after_manual_backward()
-        self._micro_batches += 1
-        if self._micro_batches % accumulate == 0:
-            self._step_boundary(step_before + 1)
+        steps.after_backward(self, trainer, step_before + 1)
         if accumulate > 1:
             set_logging_step(trainer, step_before)
         return state
@@ -229,7 +247,7 @@ class Module(OptimizerStepping, pl.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Apply the dataset's ``gpu_transform`` (else the DataModule's) on the device-side batch."""
-        if self._trainer is None:
+        if attached_trainer(self) is None:
             return batch
         return self._gpu_transforms(self.trainer, batch, dataloader_idx, self.device)
 
@@ -255,7 +273,7 @@ class Module(OptimizerStepping, pl.LightningModule):
         taken = {c.name for c in self._optim_configs} | set(self.callbacks_modules.keys())
         if name in taken:
             raise ConfigError(key, f"the name {name!r} is already used by an optimizer or callback module.", "Pick another name.")
-        if self._slots:
+        if self._steps.slots:
             raise RuntimeError(f"{key}: add_callback_module must be called before optimizers are configured (in Callback.setup).")
         if optim is not None:
             if "modules" in optim:
@@ -269,23 +287,23 @@ class Module(OptimizerStepping, pl.LightningModule):
 
     def configure_optimizers(self):
         """Build one optimizer (and scheduler) per named entry of ``optim`` and per callback module."""
-        self._slots = build_slots(
+        self._steps.slots = build_slots(
             self,
             self._optim_configs,
             self._callback_optim,
             exclude=CALLBACK_CONTAINERS,
-            trainer=self._trainer,
+            trainer=attached_trainer(self),
             accumulate=self.accumulate_grad_batches,
             strict=self.strict,
         )
         schedulers = []
-        for slot in self._slots:
+        for slot in self._steps.slots:
             if slot.scheduler is not None:
                 entry = {"scheduler": slot.scheduler, "interval": slot.config.interval, "frequency": 1, "name": slot.name}
                 if slot.config.monitor is not None:
                     entry["monitor"] = slot.config.monitor
                 schedulers.append(entry)
-        return [slot.optimizer for slot in self._slots], schedulers
+        return [slot.optimizer for slot in self._steps.slots], schedulers
 
     def plan_optimizers(self) -> list[dict]:
         """The optimizer summary as it will be at train start, computed now without a Trainer.
@@ -301,26 +319,29 @@ class Module(OptimizerStepping, pl.LightningModule):
 
     def optimizer_summary(self) -> list[dict]:
         """One plain dict per optimizer (name, class, lr, modules, params, frequency, scheduler, clip...)."""
-        return [slot.summary() for slot in self._slots]
+        return [slot.summary() for slot in self._steps.slots]
 
     def on_train_start(self) -> None:
-        """Fill per-optimizer clip settings from the Trainer, restore pending gradients, print the table."""
+        """Bind the step state to the strategy (optimizers, clip defaults, scaler, sync), print the table."""
         if getattr(self, "gpu_transform", None) is not None:
             raise ConfigError(
                 "gpu_transform",
                 "setting a gpu_transform on the Module is not supported.",
                 "Attach it to the dataset (dataset.gpu_transform) or the DataModule instead.",
             )
-        settings = self._gradient_settings
-        # The raw optimizers Lightning holds may be new objects after strategy set-up; use those.
-        for slot in self._slots:
-            slot.optimizer = self.trainer.optimizers[slot.index]
-            if slot.clip_val is None:
-                slot.clip_val = settings.gradient_clip_val
-            if slot.clip_algorithm is None:
-                slot.clip_algorithm = settings.gradient_clip_algorithm or "norm"
-        self._restore_pending_grads()
+        self._steps.bind(self.trainer, self)
         self._print_summary()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stepping optimizer's gradients (runs after AMP unscaling, before the step).
+
+        Subclasses overriding this hook must call ``super().on_before_optimizer_step(optimizer)``.
+        """
+        self._steps.clip(optimizer)
+
+    def on_train_epoch_end(self) -> None:
+        """Step every ``interval='epoch'`` scheduler once."""
+        self._steps.step_epoch_schedulers(self.trainer)
 
     @rank_zero_only
     def _print_summary(self) -> None:
@@ -329,19 +350,11 @@ class Module(OptimizerStepping, pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the position in the accumulation/frequency cycles and the gradients not yet applied."""
-        names = [name for slot in self._slots for name in slot.param_names]
-        pending = collect_pending_grads(dict(self.named_parameters()), names)
-        checkpoint[_CHECKPOINT_KEY] = {"version": 1, "micro_batches": self._micro_batches, "pending_grads": pending}
+        checkpoint[_CHECKPOINT_KEY] = self._steps.state_dict(dict(self.named_parameters()))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the cycle position; pending gradients are re-attached when training starts."""
         state = checkpoint.get(_CHECKPOINT_KEY)
         if state is None:
             return
-        self._micro_batches = int(state["micro_batches"])
-        self._pending_grads = dict(state.get("pending_grads", {}))
-
-    def _restore_pending_grads(self) -> None:
-        if self._pending_grads:
-            attach_pending_grads(dict(self.named_parameters()), self._pending_grads)
-            self._pending_grads = {}
+        self._steps.load_state_dict(state)

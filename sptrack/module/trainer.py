@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
+from sptrack.module.lightning_glue import lightning_estimate
+from sptrack.module.run_length import boundaries_in_run
 from sptrack.parallel.fsdp2 import register_fsdp2_strategy
 
 register_fsdp2_strategy()
 
 
 class Trainer(pl.Trainer):
-    """Drop-in ``lightning.pytorch.Trainer`` (same arguments).
+    """Drop-in ``lightning.pytorch.Trainer`` (same arguments) that also registers ``strategy="fsdp2"``.
 
-    ``sptrack.Module`` already makes plain Lightning Trainers accept ``accumulate_grad_batches`` and
-    ``gradient_clip_val`` under manual optimization; this subclass adds ``strategy="fsdp2"`` without
-    further imports and reports ``estimated_stepping_batches`` in accumulation boundaries.
+    It reports ``estimated_stepping_batches`` in accumulation boundaries over the whole run. An
+    ``sptrack.Module`` takes over ``accumulate_grad_batches``/``gradient_clip_val`` (which Lightning
+    refuses under manual optimization); with accumulation it needs this Trainer and refuses a plain
+    Lightning one, whose estimate would count micro-batches.
     """
 
     @property
     def estimated_stepping_batches(self) -> float:
-        """Optimizer boundaries this fit will run (what ``global_step`` will reach)."""
+        """Accumulation boundaries this fit will run (what ``global_step`` will reach).
+
+        :func:`sptrack.module.run_length.boundaries_in_run` with an sptrack Module attached;
+        Lightning's own estimate for any other LightningModule.
+        """
         module = self.lightning_module
-        batches = super().estimated_stepping_batches
-        accumulate = getattr(module, "accumulate_grad_batches", 1)
-        if accumulate <= 1 or batches == float("inf"):
-            return batches
-        if self.max_steps not in (None, -1):
-            epochs = self.max_epochs if self.max_epochs not in (None, -1) else float("inf")
-            return min(self.max_steps, epochs * self.num_training_batches // accumulate)
-        return batches // accumulate
+        if not getattr(module, "counts_in_boundaries", False):
+            return lightning_estimate(self)
+        return boundaries_in_run(self, int(module.accumulate_grad_batches))

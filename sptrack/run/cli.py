@@ -164,10 +164,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print_dry_run(recipe, cfg)
         return 0
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from sptrack.parallel.process_group import closes_process_group
     from sptrack.run.train import train
-
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     try:
         with closes_process_group():  # the group Lightning creates, destroyed after a barrier before exit

@@ -5,7 +5,6 @@ from __future__ import annotations
 from rich.table import Table
 
 from sptrack.console import print_table
-
 from sptrack.module.slots import render_summary
 from sptrack.run.config import RecipeConfig, flatten
 from sptrack.run.launch import detect

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional
 import lightning.pytorch as pl
 import torch
 
+from sptrack.module.lightning_glue import is_last_batch
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (raised on every rank at the same step)."""
@@ -127,4 +129,4 @@ class TrialMonitor(pl.Callback):
         if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
             return True
         last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
-        return bool(last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        return bool(last_epoch and is_last_batch(trainer))

@@ -35,7 +35,16 @@ from typing import Any, Sequence
 from sptrack.errors import ConfigError
 from sptrack.run.launch import resolve_devices
 from sptrack.tune.distributed import (
-    LAUNCHED_ENV, World, barrier, broadcast_object, close_process_group, init_process_group, needs_relaunch, relaunch, under_torchrun, world_from_env,
+    LAUNCHED_ENV,
+    World,
+    barrier,
+    broadcast_object,
+    close_process_group,
+    init_process_group,
+    needs_relaunch,
+    relaunch,
+    under_torchrun,
+    world_from_env,
 )
 from sptrack.tune.objective import TrialContext, TrialResult, run_trial
 from sptrack.tune.options import SweepOptions
@@ -118,8 +127,8 @@ def counted_trials(trials: Sequence[Any]) -> list:
 
 def admit(study: Any, spec: StorageSpec, n_trials: int):
     """The next trial to run (a queued one first), or None when N trials exist."""
-    from optuna.storages import fail_stale_trials
     from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
     with admission_lock(spec):

@@ -1,9 +1,13 @@
 """Worker for tests/test_distributed.py: one small two-optimizer training run.
 
 Launched with ``python -m torch.distributed.run --nproc_per_node=2 tests/dist/train_worker.py
---strategy ddp|fsdp2|fsdp2-explicit --out DIR``, each rank trains on its own deterministic half of
-every global batch and writes ``DIR/rank<r>.pt`` (``fsdp2-explicit`` passes
-``FSDP2Strategy(data_parallel_size=WORLD_SIZE)`` instead of the string ``"fsdp2"``). Without torchrun
+--strategy ddp|fsdp2|fsdp2-explicit --out DIR [--accumulate N] [--sync-always]``, each rank trains on
+its own deterministic half of every global batch (in N micro-batches with ``--accumulate N``) and
+writes ``DIR/rank<r>.pt`` (``fsdp2-explicit`` passes ``FSDP2Strategy(data_parallel_size=WORLD_SIZE)``
+instead of the string ``"fsdp2"``). Every gradient collective of the training backward passes is
+recorded with the micro-batch it ran in: DDP all-reduces through a DDP communication hook, FSDP2
+reduce-scatters by counting ``torch.distributed.reduce_scatter_single``. ``--sync-always`` turns the
+once-per-boundary sync policy off (every micro-batch synchronises, as before it existed). Without torchrun
 (WORLD_SIZE unset) it is the single-process reference run on the whole global batches, which the
 distributed runs must reproduce; both use the same model, data and settings defined here.
 """
@@ -59,10 +63,12 @@ def shard_indices(rank: int, world_size: int, n: int = NUM_SAMPLES, global_batch
     return out
 
 
-def make_loader(rank: int, world_size: int) -> DataLoader:
+def make_loader(rank: int, world_size: int, accumulate: int = 1) -> DataLoader:
+    """Rank ``rank``'s samples in micro-batches of ``GLOBAL_BATCH / (world_size * accumulate)``."""
     dataset = SyntheticDataset()
     subset = torch.utils.data.Subset(dataset, shard_indices(rank, world_size))
-    return DataLoader(subset, batch_size=GLOBAL_BATCH // world_size, shuffle=False, num_workers=0, drop_last=False)
+    batch_size = GLOBAL_BATCH // world_size // accumulate
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=False)
 
 
 def forward_fn(module, batch: dict, stage: str) -> dict:
@@ -109,7 +115,36 @@ class Recorder(pl.Callback):
     def __init__(self):
         self.pre_clip_norms: list[float] = []  # backbone: global L2 norm of its gradients
         self.head_pre_clip_max: list[float] = []  # head: largest |gradient| entry
+        self.comm_micro_batches: list[int] = []  # 1-based micro-batch of every gradient collective
+        self.comm_kind = None
         self.result: dict = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        def record():
+            self.comm_micro_batches.append(pl_module.step_state.micro_batches + 1)
+
+        ddp = trainer.strategy.model
+        if isinstance(ddp, DistributedDataParallel):
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+            def counting_hook(state, bucket):
+                record()
+                return allreduce_hook(state, bucket)
+
+            ddp.register_comm_hook(torch.distributed.group.WORLD, counting_hook)
+            self.comm_kind = "ddp_allreduce"
+        elif trainer.world_size > 1:
+            reduce_scatter = torch.distributed.reduce_scatter_single
+
+            def counting_reduce_scatter(*args, **kwargs):
+                record()
+                return reduce_scatter(*args, **kwargs)
+
+            # FSDP2 looks the function up on torch.distributed at each call (_fsdp_collectives.py).
+            torch.distributed.reduce_scatter_single = counting_reduce_scatter
+            self.comm_kind = "fsdp2_reduce_scatter"
 
     @staticmethod
     def _name(trainer, pl_module, optimizer) -> str:
@@ -139,6 +174,8 @@ class Recorder(pl.Callback):
             "sharded": any(isinstance(p, DTensor) for p in pl_module.parameters()),
             "strategy": type(trainer.strategy).__name__,
             "world_size": int(trainer.world_size),
+            "comm_micro_batches": list(self.comm_micro_batches),
+            "comm_kind": self.comm_kind,
             "clip": [
                 (row["name"], float(row["gradient_clip_val"]), str(getattr(row["gradient_clip_algorithm"], "value", row["gradient_clip_algorithm"])))
                 for row in summary
@@ -146,20 +183,23 @@ class Recorder(pl.Callback):
         }
 
 
-def run(strategy: str = "auto", devices: int = 1, rank: int = 0, world_size: int = 1) -> dict:
+def run(strategy: str = "auto", devices: int = 1, rank: int = 0, world_size: int = 1, accumulate: int = 1,
+        sync_always: bool = False) -> dict:
     """Train the module; returns the Recorder's result (also holds the initial parameters)."""
     if strategy == "fsdp2-explicit":  # FSDP2Strategy with the data-parallel size spelled out
         from sptrack.parallel.fsdp2 import FSDP2Strategy
 
         strategy = FSDP2Strategy(data_parallel_size=world_size)
     module = build_module()
+    module.step_state.sync.always = sync_always
     initial = full_params(module)
     recorder = Recorder()
-    trainer = pl.Trainer(
+    trainer = sptrack.Trainer(
         accelerator="cpu",
         devices=devices,
         strategy=strategy,
         max_epochs=MAX_EPOCHS,
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=TRAINER_CLIP,
         gradient_clip_algorithm="value",
         use_distributed_sampler=False,
@@ -171,14 +211,17 @@ def run(strategy: str = "auto", devices: int = 1, rank: int = 0, world_size: int
         deterministic=True,
         callbacks=[recorder],
     )
-    trainer.fit(module, train_dataloaders=make_loader(rank, world_size))
-    return {**recorder.result, "initial": initial, "num_batches_per_epoch": len(make_loader(rank, world_size))}
+    loader = make_loader(rank, world_size, accumulate)
+    trainer.fit(module, train_dataloaders=loader)
+    return {**recorder.result, "initial": initial, "num_batches_per_epoch": len(loader), "accumulate": accumulate}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", default="ddp")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--sync-always", action="store_true")
     args = parser.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -186,10 +229,15 @@ def main(argv=None) -> None:
     if world_size == 1:
         result = run("auto", 1, 0, 1)
     else:
-        result = run(args.strategy, world_size, rank, world_size)
+        result = run(args.strategy, world_size, rank, world_size, args.accumulate, args.sync_always)
     os.makedirs(args.out, exist_ok=True)
     torch.save(result, os.path.join(args.out, f"rank{rank}.pt"))
     print(f"[rank {rank}] done: global_step={result['global_step']} strategy={result['strategy']}", flush=True)
+    if torch.distributed.is_initialized():
+        # Destroyed here, after a barrier: left to interpreter exit, gloo's threads sometimes abort a
+        # rank after its work succeeded ("terminate called without an active exception").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for trac
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 import sptrack.module  # noqa: E402,F401  (registers strategy="fsdp2")
-
 from sptrack.track import MLflowTracker, tracker_callbacks  # noqa: E402
 from track_helpers.common import CONFIG, LrRecorder, build_module, make_loader, make_trainer  # noqa: E402
 
