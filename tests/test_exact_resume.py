@@ -195,3 +195,17 @@ def test_resumable_sampler_order_and_skip():
     assert list(fresh) == expected[7:]
     assert list(fresh) == expected  # the skip applies to one iteration only
     assert list(ResumableSampler(data, shuffle=False)) == data
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.checkpoint_every_n_steps=0", "error: trainer.checkpoint_every_n_steps: must be an int >= 1 or None, got 0."),
+    ("trainer.checkpoint_every_minutes=-1", "error: trainer.checkpoint_every_minutes: must be > 0 or None, got -1."),
+    ("trainer.keep_checkpoints=0", "error: trainer.keep_checkpoints: must be an int >= 1, got 0."),
+])
+def test_bad_checkpoint_settings_are_one_line_errors(override, message, tmp_path, capsys):
+    from sptrack.run.cli import main
+
+    assert main([str(ROOT / "recipes" / "dino.py"), override, f"trainer.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+    assert not any(tmp_path.iterdir())

@@ -16,10 +16,11 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from sptrack.data.sampler import ResumableSampler
+from sptrack.module.lightning_glue import batches_done_in_epoch
+from sptrack.parallel.collectives import gather_objects
 
 CHECKPOINT_KEY = "sptrack_resume"
 
@@ -44,15 +45,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gather(obj: Any) -> list:
-    """``obj`` of every rank, in rank order (a collective when a process group exists)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def resumable_sampler(loader: DataLoader) -> Optional[ResumableSampler]:
@@ -89,13 +81,13 @@ class ExactResume(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """``checkpoint["sptrack_resume"] = {"rng": [per rank], "epoch", "batches_done", "sampler"}``."""
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        done = batches_done_in_epoch(trainer)
         epoch = int(trainer.current_epoch)
         if done >= trainer.num_training_batches:  # saved at the end of the epoch: the next one starts afresh
             epoch, done = epoch + 1, 0
         checkpoint[CHECKPOINT_KEY] = {
             "version": 1,
-            "rng": _gather(rng_state()),
+            "rng": gather_objects(rng_state()),
             "epoch": epoch,
             "batches_done": done,
             "batch_size": self.batch_size,

@@ -13,14 +13,9 @@ import math
 from typing import Iterator, Optional, Sized
 
 import torch
-import torch.distributed as dist
 from torch.utils.data.distributed import DistributedSampler
 
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+from sptrack.parallel.collectives import world_and_rank
 
 
 class ResumableSampler(DistributedSampler):
@@ -51,12 +46,12 @@ class ResumableSampler(DistributedSampler):
     @property
     def num_replicas(self) -> int:
         """World size at this moment (1 without a process group)."""
-        return _world()[0]
+        return world_and_rank()[0]
 
     @property
     def rank(self) -> int:
         """Global rank at this moment (0 without a process group)."""
-        return _world()[1]
+        return world_and_rank()[1]
 
     @property
     def num_samples(self) -> int:

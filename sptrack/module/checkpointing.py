@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 import torch
 
+from sptrack.parallel.collectives import gather_objects, world_and_rank
 from sptrack.parallel.fsdp2 import to_full_tensor, to_local_like
 
 
-def collect_pending_grads(named_params: Mapping[str, torch.Tensor], names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Full (unsharded) CPU copies of the gradients that ``names`` still hold.
+def full_cpu_copies(tensors: Mapping[str, Optional[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Full (unsharded) CPU copies of the tensors that are not None.
 
     A collective under FSDP2, so every rank must call it (Lightning runs ``on_save_checkpoint`` on
     all ranks).
     """
-    pending = {}
-    for name in names:
-        grad = named_params[name].grad
-        if grad is not None:
-            pending[name] = to_full_tensor(grad).detach().cpu().clone()
-    return pending
+    return {name: to_full_tensor(t).detach().cpu().clone() for name, t in tensors.items() if t is not None}
+
+
+def collect_pending_grads(named_params: Mapping[str, torch.Tensor], names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """:func:`full_cpu_copies` of the gradients that the parameters ``names`` still hold."""
+    return full_cpu_copies({name: named_params[name].grad for name in names})
 
 
 def attach_pending_grads(named_params: Mapping[str, torch.Tensor], pending: Mapping[str, torch.Tensor]) -> None:
@@ -38,13 +39,7 @@ def gather_per_rank(pending: dict[str, torch.Tensor]) -> list[dict[str, torch.Te
     Under DDP the micro-batches of a window before its synchronising one leave each rank with its
     own local gradients; a checkpoint written then (Lightning writes rank 0's) keeps all of them.
     """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [pending]
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, pending)
-    return out
+    return gather_objects(pending)
 
 
 def this_ranks_share(per_rank: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -53,10 +48,7 @@ def this_ranks_share(per_rank: list[dict[str, torch.Tensor]]) -> dict[str, torch
     Resumed on another number of ranks, every rank gets the mean: the window's next synchronisation
     averages it with the rest of the window, the same gradient up to rounding.
     """
-    import torch.distributed as dist
-
-    initialized = dist.is_available() and dist.is_initialized()
-    world, rank = (dist.get_world_size(), dist.get_rank()) if initialized else (1, 0)
+    world, rank = world_and_rank()
     if len(per_rank) == world:
         return per_rank[rank]
     names = set().union(*per_rank)

@@ -125,3 +125,12 @@ def run_before_optimizer_step_hooks(trainer: "pl.Trainer", optimizer: torch.opti
 def lightning_estimate(trainer: "pl.Trainer"):
     """Lightning's own ``estimated_stepping_batches`` (also sizes the train dataloader when needed)."""
     return pl.Trainer.estimated_stepping_batches.fget(trainer)
+
+
+def batches_done_in_epoch(trainer: "pl.Trainer") -> int:
+    """Training batches of the current epoch already trained (their ``on_train_batch_end`` included).
+
+    The loop's own progress, not a loader's count: Lightning's data fetcher has already fetched one
+    batch more than the loop has trained when a checkpoint is written. No public accessor exists.
+    """
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)

@@ -17,7 +17,13 @@ from typing import Mapping, Optional
 import lightning.pytorch as pl
 import torch
 
-from sptrack.module.checkpointing import attach_pending_grads, collect_pending_grads, gather_per_rank, this_ranks_share
+from sptrack.module.checkpointing import (
+    attach_pending_grads,
+    collect_pending_grads,
+    full_cpu_copies,
+    gather_per_rank,
+    this_ranks_share,
+)
 from sptrack.module.lightning_glue import GradientSettings, is_last_batch
 from sptrack.module.scaling import GradScaling
 from sptrack.module.slots import OptimizerSlot
@@ -118,7 +124,7 @@ class StepState:
         if not window_ends(self.micro_batches, self.accumulate) and self.sync.skipped:
             per_rank = self._unsynced_per_rank(pending)
         windows = {
-            slot.name: collect_pending_grads(dict(zip(slot.param_names, _as_grads(window))), slot.param_names)
+            slot.name: full_cpu_copies(dict(zip(slot.param_names, window)))
             for slot in self.slots if (window := self.scaling.windows.get(slot.name)) is not None
         }
         return {
@@ -152,19 +158,6 @@ class StepState:
                 stacklevel=2,
             )
         return None
-
-
-class _Grad:
-    """Adapts a window tensor to :func:`collect_pending_grads`, which reads ``.grad``."""
-
-    __slots__ = ("grad",)
-
-    def __init__(self, grad: Optional[torch.Tensor]):
-        self.grad = grad
-
-
-def _as_grads(window):
-    return [_Grad(w) for w in window]
 
 
 def _to_local(full: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:

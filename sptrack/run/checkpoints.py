@@ -23,8 +23,6 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sptrack.errors import ConfigError
-
 #: Signals that ask for a checkpoint and a clean exit.
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -123,22 +121,20 @@ class ProgressCheckpoint(pl.Callback):
 
 
 def checkpoint_callbacks(every_n_steps: Optional[int], every_minutes: Optional[float], keep: int) -> list[pl.Callback]:
-    """The epoch-end ``ModelCheckpoint`` (``last.ckpt`` + the newest ``keep``) and the :class:`ProgressCheckpoint`."""
-    if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
-        raise ConfigError("trainer.checkpoint_every_n_steps", f"must be an int >= 1 or None, got {every_n_steps!r}.")
-    if every_minutes is not None and not every_minutes > 0:
-        raise ConfigError("trainer.checkpoint_every_minutes", f"must be > 0 or None, got {every_minutes!r}.")
-    if not isinstance(keep, int) or keep < 1:
-        raise ConfigError("trainer.keep_checkpoints", f"must be an int >= 1, got {keep!r}.")
+    """The epoch-end ``ModelCheckpoint`` (``last.ckpt`` + the newest ``keep``) and the :class:`ProgressCheckpoint`.
+
+    The values are checked with the config (:meth:`sptrack.run.config.TrainerConfig.check`).
+    """
     epochs = ModelCheckpoint(save_last=True, monitor="step", mode="max", save_top_k=keep, every_n_epochs=1,
                              save_on_train_epoch_end=True)
     return [epochs, ProgressCheckpoint(every_n_steps, every_minutes)]
 
 
-def latest_checkpoint(root: Path) -> Path:
-    """The most recently written checkpoint under ``root/version_*/checkpoints`` (for ``--resume auto``)."""
-    found = [p for p in root.glob("version_*/checkpoints/*.ckpt")]
-    if not found:
-        raise ConfigError("--resume", f"auto found no checkpoint under {root}/version_*/checkpoints.",
-                          "Train first, or give the checkpoint's path.")
-    return max(found, key=lambda p: p.stat().st_mtime)
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The most recently written checkpoint under ``root/version_*/checkpoints`` (``--resume auto``), or None.
+
+    Each process looks in its own ``root``: Lightning reads the checkpoint on every rank, so on
+    several machines the output folder must be shared (or the path given explicitly).
+    """
+    found = list(root.glob("version_*/checkpoints/*.ckpt"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

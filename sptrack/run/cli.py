@@ -118,6 +118,7 @@ def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Name
     # From here on devices/num_nodes are ints: given, else the launcher's (torchrun, SLURM), else 1.
     t = cfg.trainer
     t.devices, t.num_nodes = resolve_devices(t.devices, t.num_nodes, devices_key="--devices" if args.devices is not None else "trainer.devices")
+    cfg.trainer.check()
     cfg.eval.check()
     return cfg
 

@@ -10,7 +10,6 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 
 from sptrack.callbacks import ExactResume
-from sptrack.errors import ConfigError
 from sptrack.module.trainer import Trainer
 from sptrack.run.checkpoints import checkpoint_callbacks, latest_checkpoint
 from sptrack.run.config import RecipeConfig
@@ -83,7 +82,8 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     tracking = tracker_callbacks(tracker, config=cfg, recipe_path=str(recipe.path))
     evaluation = FinalLinearEvaluation(experiment, cfg.eval.baseline_inits)
     if ckpt_path == "auto":
-        ckpt_path = resolve_auto_resume(Path(cfg.trainer.output_dir) / recipe.name)
+        latest = latest_checkpoint(Path(cfg.trainer.output_dir) / recipe.name)
+        ckpt_path = str(latest) if latest is not None else None
     # The tracker's callbacks come after the evaluation: they close the run after it has logged to it.
     # ExactResume comes last, so it restores the generators after every other on_train_start.
     callbacks = [*experiment.callbacks, evaluation, *tracking, ExactResume(experiment.train_loader)]
@@ -103,15 +103,3 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
         results["tracker_run"] = f"{t.kind} {tracker.run_id}"
     print_report(recipe.name, results)
     return results
-
-
-def resolve_auto_resume(root: Path) -> Optional[str]:
-    """``--resume auto``: the newest checkpoint under ``root``, or None (a fresh run) when there is none.
-
-    Each process looks in its own ``root``: Lightning reads the checkpoint on every rank, so on
-    several machines the output folder must be shared (or the path given explicitly).
-    """
-    try:
-        return str(latest_checkpoint(root))
-    except ConfigError:
-        return None
