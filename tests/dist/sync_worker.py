@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import sptrack
 import sptrack.module  # noqa: F401  (registers strategy="fsdp2")
+from sptrack.parallel.process_group import close_default_group
 from sptrack.parallel.fsdp2 import to_full_tensor
 
 ACCUMULATE = 3
@@ -152,9 +153,8 @@ def main(argv=None) -> None:
         result["resumed_mid"], _ = fit(args.strategy, rank, args.out, ckpt_path=os.path.join(args.out, "mid.ckpt"),
                                        skip=MID_EPOCH_SAVE_AT)
     torch.save(result, os.path.join(args.out, f"rank{rank}.pt"))
-    # Destroyed here, after a barrier: left to interpreter exit, gloo's threads sometimes abort a rank.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    # Left to interpreter exit, gloo's threads sometimes abort a rank after its work succeeded.
+    close_default_group()
 
 
 if __name__ == "__main__":

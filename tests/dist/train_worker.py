@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import sptrack
 import sptrack.module  # noqa: F401  (registers strategy="fsdp2")
+from sptrack.parallel.process_group import close_default_group
 from sptrack.parallel.fsdp2 import to_full_tensor
 
 IN_DIM, HIDDEN, OUT_DIM = 6, 16, 3
@@ -233,11 +234,8 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     torch.save(result, os.path.join(args.out, f"rank{rank}.pt"))
     print(f"[rank {rank}] done: global_step={result['global_step']} strategy={result['strategy']}", flush=True)
-    if torch.distributed.is_initialized():
-        # Destroyed here, after a barrier: left to interpreter exit, gloo's threads sometimes abort a
-        # rank after its work succeeded ("terminate called without an active exception").
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    # Left to interpreter exit, gloo's threads sometimes abort a rank after its work succeeded.
+    close_default_group()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for trac
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 import sptrack.module  # noqa: E402,F401  (registers strategy="fsdp2")
+from sptrack.parallel.process_group import close_default_group
 from sptrack.track import MLflowTracker, tracker_callbacks  # noqa: E402
 from track_helpers.common import CONFIG, LrRecorder, build_module, make_loader, make_trainer  # noqa: E402
 
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
         json.dump({"run_id": tracker.run_id, "global_step": trainer.global_step, "world_size": trainer.world_size,
                    "lrs": dict(recorder.points), "active": tracker.active}, f)
     print(f"[rank {rank}] run_id={tracker.run_id} global_step={trainer.global_step}", flush=True)
+    # Left to interpreter exit, gloo's threads sometimes abort a rank after its work succeeded.
+    close_default_group()
     return 0
 
 
