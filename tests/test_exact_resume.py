@@ -209,3 +209,15 @@ def test_bad_checkpoint_settings_are_one_line_errors(override, message, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("resume,message", [
+    ("autoo", "error: --resume: no checkpoint at 'autoo'. Did you mean 'auto'?"),
+    ("missing/last.ckpt", "error: --resume: no checkpoint at 'missing/last.ckpt'. Give an existing checkpoint path, or 'auto'."),
+])
+def test_resume_of_a_missing_checkpoint_is_a_one_line_error(resume, message, tmp_path, capsys):
+    from sptrack.run.cli import main
+
+    assert main([str(ROOT / "recipes" / "dino.py"), "--resume", resume, f"trainer.output_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+    assert not any(tmp_path.iterdir())

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
-from sptrack.errors import ConfigError
+from sptrack.errors import ConfigError, suggestion
 from sptrack.run.config import RecipeConfig, apply_overrides, flatten
 from sptrack.run.launch import resolve_devices
 from sptrack.run.recipe import Recipe, load_recipe, recipes_dir
@@ -123,6 +124,14 @@ def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Name
     return cfg
 
 
+def check_resume(value: Optional[str]) -> None:
+    """``--resume``: ``auto`` or a checkpoint that exists (a file, or an FSDP2 checkpoint's folder)."""
+    if value is None or value == "auto" or Path(value).exists():
+        return
+    raise ConfigError("--resume", f"no checkpoint at {value!r}.",
+                      suggestion(value, ["auto"]).strip() or "Give an existing checkpoint path, or 'auto'.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
@@ -136,6 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(recipe_help(recipe))
             return 0
         cfg = resolve_config(recipe, args.overrides, args)
+        check_resume(args.resume)
         sweep = sweep_options(args)
         if sweep is not None:
             from sptrack.tune.study import prepare
