@@ -51,16 +51,22 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
+def _progress_steps(ckpt_dir: Path) -> list[int]:
+    return [int(p.stem.split("=")[1]) for p in ckpt_dir.glob("progress-step=*.ckpt")]
+
+
 def _run_and_kill(cmd: list[str], cwd: Path, ckpt_dir: Path, rng: random.Random) -> str:
-    """Start ``cmd``, wait for its first progress checkpoint, SIGKILL its process group at a random moment after."""
+    """Start ``cmd``, wait for a progress checkpoint at a randomly chosen step (3..15 of 20), SIGKILL its
+    process group a random instant later: a moment inside the run however fast the machine is."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    target = rng.choice([3, 6, 9, 12, 15])
     deadline = time.monotonic() + TIMEOUT_S
-    while not list(ckpt_dir.glob("progress-step=*.ckpt")):
-        assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]}"
+    while not any(step >= target for step in _progress_steps(ckpt_dir)):
+        assert proc.poll() is None, f"the run ended before its step-{target} checkpoint: {proc.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 1.0))
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.1))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode != 0, "the run finished before it could be killed; kill earlier"
@@ -198,9 +204,9 @@ def test_resumable_sampler_order_and_skip():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("trainer.checkpoint_every_n_steps=0", "error: trainer.checkpoint_every_n_steps: must be an int >= 1 or None, got 0."),
+    ("trainer.checkpoint_every_n_steps=0", "error: trainer.checkpoint_every_n_steps: must be an integer >= 1, got 0."),
     ("trainer.checkpoint_every_minutes=-1", "error: trainer.checkpoint_every_minutes: must be > 0 or None, got -1."),
-    ("trainer.keep_checkpoints=0", "error: trainer.keep_checkpoints: must be an int >= 1, got 0."),
+    ("trainer.keep_checkpoints=0", "error: trainer.keep_checkpoints: must be an integer >= 1, got 0."),
 ])
 def test_bad_checkpoint_settings_are_one_line_errors(override, message, tmp_path, capsys):
     from sptrack.run.cli import main

@@ -183,8 +183,21 @@ def test_reduce_on_plateau_epoch_interval_uses_validation_metric(recording_logge
     assert module.optimizer_summary()[0]["lr"] == pytest.approx(0.2)
 
 
-def test_reduce_on_plateau_missing_metric_is_a_clear_error():
+def test_reduce_on_plateau_on_a_validation_metric_without_validation_fails_before_the_first_step():
     optim = {"optimizer": "SGD", "scheduler": "ReduceLROnPlateau", "monitor": "val_accuracy"}
     module = build(optim)
-    with pytest.raises(KeyError, match=r"optim\.monitor.*'val_accuracy'.*train_loss"):
-        trainer(max_epochs=1).fit(module, loader(n=8, batch_size=4))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    t = trainer(max_epochs=1)
+    with pytest.raises(sptrack.ConfigError, match=r"'val_accuracy'.*no validation loop") as err:
+        t.fit(module, loader(n=8, batch_size=4))
+    assert err.value.key == "optim.monitor"
+    assert t.global_step == 0 and all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_reduce_on_plateau_metric_never_logged_is_an_error_naming_monitor_at_its_first_step():
+    optim = {"optimizer": "SGD", "scheduler": "ReduceLROnPlateau", "monitor": "val_accuracy"}
+    module = build(optim)
+    t = trainer(max_epochs=1)
+    with pytest.raises(sptrack.ConfigError, match=r"'val_accuracy'.*Logged metrics: \['train_loss'\]") as err:
+        t.fit(module, loader(n=8, batch_size=4), loader(n=8, batch_size=4, seed=1))
+    assert err.value.key == "optim.monitor"

@@ -129,7 +129,7 @@ def test_cli_tracks_the_run_in_mlflow(tmp_path, monkeypatch):
         assert final[key][0].value == pytest.approx(value, abs=1e-6), key
 
 
-@pytest.mark.parametrize("override,fragment", [("eval.baseline_inits=0", "must be an int >= 1, got 0"),
+@pytest.mark.parametrize("override,fragment", [("eval.baseline_inits=0", "must be an integer >= 1, got 0"),
                                                ("model.backbone=resnet", "must be one of 'vit', 'cnn', got 'resnet'")])
 def test_bad_recipe_values_fail_before_anything_is_written(override, fragment, tmp_path, capsys):
     assert main(["recipes/dino.py", *TINY, override, f"trainer.output_dir={tmp_path}"]) == 2

@@ -79,14 +79,14 @@ def test_prepare_params_masks_secret_strings_anywhere_in_the_path():
         "wandb": {"api_key": "abc123", "project": "p"},
         "credentials": {"user": "bob"},
         "model": {"num_tokens": 196, "token": 5},
-        "db": "postgresql://bob:s3cret@db.invalid:5432/runs",
+        "db": "postgresql://bob:s3c@r/t@db.invalid:5432/runs",
         "hook": "https://h.invalid/x?token=abc&page=2",
         "empty_password": "",
     })
     assert params == {
         "wandb.api_key": REDACTED,
         "wandb.project": "p",
-        "credentials.user": REDACTED,
+        "credentials": REDACTED,  # a secret key's mapping is masked whole
         "model.num_tokens": 196,
         "model.token": 5,  # numbers are not credentials
         "db": "postgresql://bob:***@db.invalid:5432/runs",
@@ -112,6 +112,7 @@ def test_redact_text_keeps_layout_and_comments():
         "{\"hf_token\": \"hf_abc\", \"lr\": 0.1}\n"
         "  - password: 'pw'\n"
         "uri: https://bob:pw2@mlflow.invalid\n"
+        "storage: postgresql://optuna:p@ss/w:0#rd@db.invalid:5432/optuna  # the sweep database\n"
         "token:\n"
     )
     assert redact_text(text) == (
@@ -121,19 +122,21 @@ def test_redact_text_keeps_layout_and_comments():
         "  project: ssl\n"
         "tokens: 196\n"
         "db_password = \"***\"\n"
-        "{\"hf_token\": \"hf_abc\", \"lr\": 0.1}\n"  # one-line JSON objects: see the next assertion
+        "{\"hf_token\": \"***\", \"lr\": 0.1}\n"  # one-line JSON objects too
         "  - password: '***'\n"
         "uri: https://bob:***@mlflow.invalid\n"
+        "storage: postgresql://optuna:***@db.invalid:5432/optuna  # the sweep database\n"
         "token:\n"
     )
     assert redact_text('{\n  "hf_token": "hf_abc",\n  "lr": 0.1\n}\n') == '{\n  "hf_token": "***",\n  "lr": 0.1\n}\n'
 
 
 def test_redact_argv():
-    argv = ["run.py", "--api-key", "abc", "--token=xyz", "wandb.api_key=k", "--uri", "http://u:p@h.invalid", "--lr", "0.1"]
+    argv = ["run.py", "--api-key", "abc", "--token=xyz", "wandb.api_key=k", "--uri", "http://u:p@h.invalid", "--lr", "0.1",
+            "--storage", "mysql://u:p@s/s@db.invalid/optuna"]
     assert redact_argv(argv) == [
         "run.py", "--api-key", REDACTED, f"--token={REDACTED}", f"wandb.api_key={REDACTED}", "--uri",
-        "http://u:***@h.invalid", "--lr", "0.1",
+        "http://u:***@h.invalid", "--lr", "0.1", "--storage", "mysql://u:***@db.invalid/optuna",
     ]
 
 

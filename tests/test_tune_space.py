@@ -10,6 +10,7 @@ import pytest
 from sptrack.errors import ConfigError
 from sptrack.run.cli import main
 from sptrack.run.recipe import load_recipe
+from sptrack.track.redact import redact_value
 from sptrack.tune.options import SweepOptions
 from sptrack.tune.space import SearchSpace
 from sptrack.tune.storage import resolve_storage
@@ -53,7 +54,7 @@ def test_any_dotted_key_can_be_searched(dino_cfg):
     [
         ({"optim.*.lrr": "log-uniform 1e-4..1e-2"}, "search_space['optim.*.lrr']", ["matches no configuration key", "optim.backbone.lr"]),
         ({"optim.*.lr": "log-uniform 0..1e-2"}, "search_space['optim.*.lr'] (optim.backbone.lr)", ["LOW > 0"]),
-        ({"optim.*.lr": "uniform -1e-3..1e-2"}, "search_space['optim.*.lr'] (optim.backbone.lr)", ["lr must be > 0", "-0.001"]),
+        ({"optim.*.lr": "uniform -1e-3..1e-2"}, "search_space['optim.*.lr'] (optim.backbone.lr)", ["lr must be a finite number > 0", "-0.001"]),
         ({"optim.*.frequency": [0, 1]}, "search_space['optim.*.frequency'] (optim.backbone.frequency)", ["integer >= 1", "0"]),
         ({"optim.*.frequency": "int 0..3"}, "search_space['optim.*.frequency'] (optim.backbone.frequency)", ["integer >= 1"]),
         ({"optim.*.lr": "log-uniform 1e-2..1e-4"}, "search_space['optim.*.lr'] (optim.backbone.lr)", ["LOW < HIGH"]),
@@ -113,6 +114,13 @@ def test_storage_urls(tmp_path):
     journal = resolve_storage(f"journal:{tmp_path}/j.log", ".")
     assert (journal.kind, journal.path, journal.heartbeat) == ("journal", f"{tmp_path}/j.log", False)
     assert resolve_storage("postgresql://u@h/db", ".").url == "postgresql://u@h/db"
+    # A password (with "@", "/", ":" and "#" in it) stays in the URL Optuna connects with, and is masked wherever it is shown.
+    spec = resolve_storage("postgresql://optuna:p@ss/w:0#rd@db.invalid:5432/optuna", ".")
+    assert spec.url == "postgresql://optuna:p@ss/w:0#rd@db.invalid:5432/optuna"
+    assert redact_value(spec.url) == "postgresql://optuna:***@db.invalid:5432/optuna"
+    assert spec.shown_url == "postgresql://optuna:***@db.invalid:5432/optuna"
+    assert spec.dashboard_command == "optuna-dashboard postgresql://optuna:***@db.invalid:5432/optuna"
+    assert redact_value(resolve_storage("mysql+pymysql://u:s3cr3t@h/db", ".").url) == "mysql+pymysql://u:***@h/db"
     with pytest.raises(ConfigError) as err:
         resolve_storage("sqlit:///x.db", ".")
     assert err.value.key == "--storage" and "'sqlite'" in str(err.value)

@@ -8,6 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from sptrack.errors import ConfigError
+from sptrack.track.params import redact_value
 
 
 def _csv(text: str) -> list[str]:
@@ -68,7 +69,7 @@ def _study_params(storage: str, study: Optional[str]) -> list[str]:
     store = open_study_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study not in names:
-        raise ConfigError("--study", f"no study {study!r} in {storage}.", suggestion(str(study), names) or f" Studies there: {', '.join(names) or 'none'}.")
+        raise ConfigError("--study", f"no study {study!r} in {redact_value(storage)}.", suggestion(str(study), names) or f" Studies there: {', '.join(names) or 'none'}.")
     trials = optuna.load_study(study_name=study, storage=store).get_trials(deepcopy=False)
     return sorted({k for t in trials for k in t.params})
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from sptrack.errors import ConfigError, close_matches, suggestion
+from sptrack.track.params import redact_value
 
 HOST = "127.0.0.1"  # local only: the UIs have no authentication
 
@@ -57,7 +58,7 @@ def run_mlflow_ui(backend_store_uri: str, port: int = 5000, artifacts_destinatio
     env = dict(os.environ)
     # MLflow 3 starts a job runner (five worker processes) next to the UI; a local viewer does not use it.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(f"mlflow ui at http://{HOST}:{port} (store: {backend_store_uri})", flush=True)
+    print(f"mlflow ui at http://{HOST}:{port} (store: {redact_value(backend_store_uri)})", flush=True)
     os.execve(sys.executable, cmd, env)
 
 
@@ -85,7 +86,7 @@ def run_optuna_dashboard(storage: str, port: int = 8080, study: Optional[str] = 
     store = open_study_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study is not None and study not in names:
-        raise ConfigError("--study", f"no study {study!r} in {storage}.", suggestion(study, names) or f" Studies there: {', '.join(names) or 'none'}.")
+        raise ConfigError("--study", f"no study {study!r} in {redact_value(storage)}.", suggestion(study, names) or f" Studies there: {', '.join(names) or 'none'}.")
     port = port or free_port()
     url = f"http://{HOST}:{port}"
     target = f"{url}/dashboard/studies/{store.get_study_id_from_name(study)}" if study is not None else f"{url}/dashboard"

@@ -134,3 +134,14 @@ def batches_done_in_epoch(trainer: "pl.Trainer") -> int:
     batch more than the loop has trained when a checkpoint is written. No public accessor exists.
     """
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+def fit_runs_validation(trainer: "pl.Trainer") -> bool:
+    """Whether this ``fit`` has a validation loop (a val dataloader given, or ``val_dataloader`` defined).
+
+    Known at ``setup``, before Lightning loads the val dataloader on the first validation; the only
+    record of what ``fit`` was given until then is the loop's private data source.
+    """
+    if trainer.limit_val_batches == 0:
+        return False
+    return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())

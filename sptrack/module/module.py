@@ -15,6 +15,7 @@ from sptrack.module.build import build_slots
 from sptrack.module.lightning_glue import (
     HOT_PLAIN_ATTRIBUTES,
     attached_trainer,
+    fit_runs_validation,
     restore_gradient_settings,
     set_logging_step,
     take_over_gradient_settings,
@@ -25,6 +26,7 @@ from sptrack.module.trainer import Trainer
 from sptrack.module.transforms import GpuTransformCache
 from sptrack.optim.assign import assign_parameters
 from sptrack.optim.config import OptimizerConfig, parse_entry, parse_optim
+from sptrack.optim.schedulers import is_plateau
 from sptrack.parallel.fsdp2 import default_parallelize_fn, is_sharded, reject_fsdp1
 
 #: Attributes holding modules that evaluation callbacks register; never given to main optimizers.
@@ -145,11 +147,24 @@ class Module(pl.LightningModule):
         return self._steps.slots
 
     def setup(self, stage: str) -> None:
-        """Reject FSDP1 and reset the micro-batch counter before a checkpoint may restore it."""
+        """Reject FSDP1 and plateau schedulers that watch a validation metric no loop will log; reset the
+        micro-batch counter before a checkpoint may restore it."""
         reject_fsdp1(self.trainer.strategy)
         if stage == "fit":
+            self._check_plateau_monitors()
             self._steps.reset()
         self._gpu_transforms.clear()
+
+    def _check_plateau_monitors(self) -> None:
+        # A monitor named like a validation metric cannot be logged by a fit without validation; any
+        # other missing metric is reported when the scheduler first steps (sptrack.module.stepping).
+        if fit_runs_validation(self.trainer):
+            return
+        for config in [*self._optim_configs, *(c for c, _ in self._callback_optim)]:
+            monitor = config.monitor
+            if is_plateau(config.scheduler) and monitor is not None and monitor.startswith(("val", "eval")):
+                raise ConfigError(f"{config.key}.monitor", f"ReduceLROnPlateau watches {monitor!r}, but this fit runs no validation loop.",
+                                  "Give fit a val dataloader (and keep limit_val_batches > 0), or monitor a metric the training step logs.")
 
     def teardown(self, stage: str) -> None:
         """Hand the Trainer its accumulation/clipping settings back; stop controlling gradient sync."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from sptrack.errors import ConfigError
 from sptrack.module.lightning_glue import count_optimizer_step, run_before_optimizer_step_hooks
 from sptrack.module.slots import OptimizerSlot
 from sptrack.optim.schedulers import is_plateau
@@ -92,9 +93,10 @@ def step_scheduler(slot: OptimizerSlot, trainer) -> None:
     metrics = trainer.callback_metrics
     monitor = slot.config.monitor
     if monitor not in metrics:
-        raise KeyError(
-            f"{slot.config.key}.monitor: ReduceLROnPlateau watches {monitor!r}, which was not logged "
-            f"before its {slot.config.interval} ended. Logged metrics: {sorted(metrics) or 'none'}. "
-            f"Log it with self.log({monitor!r}, ...) or set 'monitor' to one of these."
+        raise ConfigError(
+            f"{slot.config.key}.monitor",
+            f"ReduceLROnPlateau watches {monitor!r}, which was not logged before its {slot.config.interval} ended. "
+            f"Logged metrics: {sorted(metrics) or 'none'}.",
+            f"Log it with self.log({monitor!r}, ...) or set 'monitor' to one of these.",
         )
     slot.scheduler.step(float(metrics[monitor]))

@@ -12,8 +12,10 @@ from typing import Optional, Sequence
 
 from sptrack.errors import ConfigError, suggestion
 from sptrack.run.config import RecipeConfig, apply_overrides, flatten
+from sptrack.run.failures import TRACEBACK_ENV, one_line, wants_traceback
 from sptrack.run.launch import resolve_devices
 from sptrack.run.recipe import Recipe, load_recipe, recipes_dir
+from sptrack.run.validate import check_config
 
 TRACKERS = ("none", "mlflow", "wandb")
 STRATEGIES = ("auto", "ddp", "fsdp2")
@@ -21,9 +23,31 @@ STRATEGIES = ("auto", "ddp", "fsdp2")
 USAGE = "python -m sptrack.run RECIPE [key=value ...] [options]"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are ConfigErrors naming the option, with the closest option for typos."""
+
+    def error(self, message: str):
+        options = [o for action in self._actions for o in action.option_strings]
+        if message.startswith("unrecognized arguments: "):
+            first = message.split(": ", 1)[1].split()[0]
+            flag = first.split("=", 1)[0]
+            raise ConfigError(flag, "unknown option.", suggestion(flag, options) or "See --help for the options.")
+        if message.startswith("argument "):
+            flag, _, problem = message[len("argument "):].partition(": ")
+            flag = flag.split("/")[-1]
+            if problem.startswith("invalid choice: "):
+                given = problem.split("'")[1] if "'" in problem else problem
+                action = next(a for a in self._actions if flag in a.option_strings)
+                choices = [str(c) for c in action.choices]
+                raise ConfigError(flag, f"unknown value {given!r}.", suggestion(given, choices) or f"Use one of {', '.join(choices)}.")
+            raise ConfigError(flag, f"{problem}.", "See --help.")
+        raise ConfigError("arguments", f"{message}.", f"Usage: {USAGE}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's options (overrides are the ``key=value`` positional arguments)."""
-    parser = argparse.ArgumentParser(prog="python -m sptrack.run", usage=USAGE, add_help=False)
+    # No abbreviations: a misspelt option is an error with a suggestion, not silently another option.
+    parser = _Parser(prog="python -m sptrack.run", usage=USAGE, add_help=False, allow_abbrev=False)
     parser.add_argument("recipe", nargs="?", help="recipe file (recipes/dino.py) or name (dino)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.backbone.lr=1e-3")
     parser.add_argument("-h", "--help", action="store_true", help="show options, or a recipe's keys")
@@ -35,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracker", choices=TRACKERS, help="experiment tracker (default: the recipe's)")
     parser.add_argument("--resume", metavar="CKPT", help="continue exactly from a checkpoint, or 'auto': the newest of the recipe's runs")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and optimizers, do not train")
+    parser.add_argument("--traceback", action="store_true", help=f"show the stack of an error instead of one line (also {TRACEBACK_ENV}=1)")
     _add_sweep_arguments(parser)
     return parser
 
@@ -96,80 +121,92 @@ def recipe_help(recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
+#: Option shortcuts: flag -> the trainer key it sets (errors about the key then name the flag).
+SHORTCUTS = {"--devices": "devices", "--strategy": "strategy", "--accelerator": "accelerator", "--max-epochs": "max_epochs", "--seed": "seed"}
+
+
 def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Namespace) -> RecipeConfig:
-    """Recipe defaults, then the ``key=value`` overrides, then the option shortcuts."""
+    """Recipe defaults, then the ``key=value`` overrides, then the option shortcuts; checked (see sptrack.run.validate)."""
     cfg = recipe.default_config()
+    default_dataset = cfg.data.dataset
     apply_overrides(cfg, list(overrides))
-    if args.devices is not None:
-        cfg.trainer.devices = args.devices
-    if args.strategy is not None:
-        cfg.trainer.strategy = args.strategy
-    if args.accelerator is not None:
-        cfg.trainer.accelerator = args.accelerator
-    if args.max_epochs is not None:
-        cfg.trainer.max_epochs = args.max_epochs
-    if args.seed is not None:
-        cfg.trainer.seed = args.seed
+    given = {flag: getattr(args, field) for flag, field in SHORTCUTS.items() if getattr(args, field) is not None}
+    for flag, value in given.items():
+        setattr(cfg.trainer, SHORTCUTS[flag], value)
     if args.tracker is not None:
         cfg.tracker.kind = args.tracker
-    if cfg.tracker.kind not in TRACKERS:
-        raise ConfigError("tracker.kind", f"must be one of {', '.join(TRACKERS)}, got {cfg.tracker.kind!r}.")
-    if cfg.trainer.strategy not in STRATEGIES:
-        raise ConfigError("trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {cfg.trainer.strategy!r}.")
-    # From here on devices/num_nodes are ints: given, else the launcher's (torchrun, SLURM), else 1.
-    t = cfg.trainer
-    t.devices, t.num_nodes = resolve_devices(t.devices, t.num_nodes, devices_key="--devices" if args.devices is not None else "trainer.devices")
-    cfg.trainer.check()
-    cfg.eval.check()
+    flags = {f"trainer.{SHORTCUTS[flag]}": flag for flag in given}
+    try:
+        if cfg.tracker.kind not in TRACKERS:
+            raise ConfigError("tracker.kind", f"must be one of {', '.join(TRACKERS)}, got {cfg.tracker.kind!r}.",
+                              suggestion(str(cfg.tracker.kind), TRACKERS))
+        if cfg.trainer.strategy not in STRATEGIES:
+            raise ConfigError("trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {cfg.trainer.strategy!r}.",
+                              suggestion(str(cfg.trainer.strategy), STRATEGIES))
+        # From here on devices/num_nodes are ints: given, else the launcher's (torchrun, SLURM), else 1.
+        t = cfg.trainer
+        t.devices, t.num_nodes = resolve_devices(t.devices, t.num_nodes, devices_key=flags.get("trainer.devices", "trainer.devices"))
+        check_config(cfg, default_dataset)
+    except ConfigError as err:
+        if err.key not in flags:
+            raise
+        raise ConfigError(flags[err.key], str(err).split(": ", 1)[1]) from None
     return cfg
 
 
 def check_resume(value: Optional[str]) -> None:
-    """``--resume``: ``auto`` or a checkpoint that exists (a file, or an FSDP2 checkpoint's folder)."""
-    if value is None or value == "auto" or Path(value).exists():
+    """``--resume``: ``auto``, a checkpoint file (a ``torch.save`` zip), or an FSDP2 checkpoint's folder."""
+    if value is None or value == "auto":
         return
-    raise ConfigError("--resume", f"no checkpoint at {value!r}.",
-                      suggestion(value, ["auto"]).strip() or "Give an existing checkpoint path, or 'auto'.")
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError("--resume", f"no checkpoint at {value!r}.",
+                          suggestion(value, ["auto"]).strip() or "Give an existing checkpoint path, or 'auto'.")
+    if path.is_dir():
+        if not (path / ".metadata").is_file():  # what torch.distributed.checkpoint writes for a sharded save
+            raise ConfigError("--resume", f"{value!r} is a directory, not a checkpoint.",
+                              "Give a .ckpt file (e.g. version_0/checkpoints/last.ckpt), an FSDP2 checkpoint folder, or 'auto'.")
+        return
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            complete = any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        complete = False
+    if not complete:
+        raise ConfigError("--resume", f"{value!r} is not a checkpoint (not a complete torch.save archive).",
+                          "Give a .ckpt file written by a run, or 'auto' for the newest of the recipe's runs.")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code (2 for a bad input, printed as one ``error:`` line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except Exception as err:  # noqa: BLE001 - what the user can fix is one line; anything else keeps its traceback
+        line = one_line(err)
+        if line is None or wants_traceback(argv):
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.recipe is None:
         print(_general_help(parser))
         return 0 if args.help else 2
-    try:
-        recipe = load_recipe(args.recipe)
-        if args.help:
-            print(recipe_help(recipe))
-            return 0
-        cfg = resolve_config(recipe, args.overrides, args)
-        check_resume(args.resume)
-        sweep = sweep_options(args)
-        if sweep is not None:
-            from sptrack.tune.study import prepare
-
-            space = prepare(recipe, cfg, sweep)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe)
+    if args.help:
+        print(recipe_help(recipe))
+        return 0
+    cfg = resolve_config(recipe, args.overrides, args)
+    check_resume(args.resume)
+    sweep = sweep_options(args)
     if sweep is not None:
-        if args.dry_run:
-            from sptrack.tune.study import storage_spec, study_name
-
-            print(f"study {study_name(recipe, sweep)} in {storage_spec(recipe, cfg, sweep).url}: {sweep.trials} trials, "
-                  f"objective {sweep.objective} ({sweep.direction})")
-            for key, described in space.describe():
-                print(f"  {key}: {described}")
-            return 0
-        from sptrack.tune.study import run_sweep
-
-        try:
-            return run_sweep(recipe, cfg, sweep, list(sys.argv[1:] if argv is None else argv))
-        except ConfigError as err:  # e.g. an existing study made with another direction
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        return _sweep(recipe, cfg, sweep, args, argv)
     if args.dry_run:
         from sptrack.run.dry_run import print_dry_run
 
@@ -186,4 +223,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SIGTERMException as stop:  # preempted: a checkpoint was written at the last boundary
         print("stopped by a signal after a checkpoint; continue with: --resume auto (same command)", file=sys.stderr)
         return int(stop.code or 1)
+    return 0
+
+
+def _sweep(recipe: Recipe, cfg: RecipeConfig, sweep, args: argparse.Namespace, argv: list[str]) -> int:
+    from sptrack.track.params import redact_value
+    from sptrack.tune.study import prepare, run_sweep, storage_spec, study_name
+
+    space = prepare(recipe, cfg, sweep)
+    if not args.dry_run:
+        return run_sweep(recipe, cfg, sweep, argv)
+    print(f"study {study_name(recipe, sweep)} in {redact_value(storage_spec(recipe, cfg, sweep).url)}: {sweep.trials} trials, "
+          f"objective {sweep.objective} ({sweep.direction})")
+    for key, described in space.describe():
+        print(f"  {key}: {described}")
     return 0

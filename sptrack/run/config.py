@@ -58,18 +58,6 @@ class TrainerConfig:
     checkpoint_every_minutes: Optional[float] = 30.0
     keep_checkpoints: int = 3
 
-    def check(self) -> None:
-        """Raise a ConfigError naming the first invalid checkpointing key."""
-        steps, minutes, keep = self.checkpoint_every_n_steps, self.checkpoint_every_minutes, self.keep_checkpoints
-        if steps is not None and (isinstance(steps, bool) or steps < 1):
-            raise ConfigError("trainer.checkpoint_every_n_steps", f"must be an int >= 1 or None, got {steps!r}.",
-                              "Use e.g. trainer.checkpoint_every_n_steps=500, or None for none.")
-        if minutes is not None and not minutes > 0:
-            raise ConfigError("trainer.checkpoint_every_minutes", f"must be > 0 or None, got {minutes!r}.",
-                              "Use e.g. trainer.checkpoint_every_minutes=30, or None for none.")
-        if isinstance(keep, bool) or keep < 1:
-            raise ConfigError("trainer.keep_checkpoints", f"must be an int >= 1, got {keep!r}.", "Use e.g. trainer.keep_checkpoints=3.")
-
 
 @dataclass
 class TrackerConfig:
@@ -86,12 +74,6 @@ class EvalConfig:
     """The end-of-run linear evaluation."""
 
     baseline_inits: int = 5  # random-init encoders whose mean probe accuracy is the baseline
-
-    def check(self) -> None:
-        """Raise a ConfigError naming the first invalid key."""
-        n = self.baseline_inits
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError("eval.baseline_inits", f"must be an int >= 1, got {n!r}.", "Use e.g. eval.baseline_inits=5.")
 
 
 @dataclass

@@ -22,7 +22,7 @@ def print_dry_run(recipe: Recipe, cfg: RecipeConfig) -> list[dict]:
         table.add_row(f"[bold]{key}[/bold]" if changed else key, repr(value))
     print_table(table)
     print(f"trainer.devices={cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}; {detect().describe()}")
-    experiment = recipe.build(cfg)
+    experiment = recipe.build_experiment(cfg)
     for callback in experiment.callbacks:
         # Callbacks that own optimizers register them on the Module; do it now so the plan shows them.
         register = getattr(callback, "register", None)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sptrack.run.config import EvalConfig
+from sptrack.run.validate import check_eval
 
 
 @torch.no_grad()
@@ -66,7 +67,7 @@ def random_init_baseline(encoder_factory: Callable[[], Any], embed: Callable, tr
 
     Runs under a forked RNG, so the caller's random stream is the same whatever ``inits`` is.
     """
-    EvalConfig(baseline_inits=inits).check()
+    check_eval(EvalConfig(baseline_inits=inits))
     accs = []
     with torch.random.fork_rng(devices=[]):
         for seed in range(inits):

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from sptrack.errors import ConfigError, suggestion
 from sptrack.run.config import RecipeConfig
+from sptrack.run.failures import recipe_failure
 
 
 @dataclass
@@ -59,7 +60,19 @@ class Recipe:
 
     def default_config(self) -> RecipeConfig:
         """A fresh config with the recipe's defaults."""
-        return self.config_cls()
+        try:
+            return self.config_cls()
+        except Exception as err:  # noqa: BLE001 - a failing default is the recipe's, named by file and line
+            raise recipe_failure(self.path, err, "Config()") from err
+
+    def build_experiment(self, cfg: RecipeConfig) -> Experiment:
+        """``build(cfg)``; a ConfigError passes through, any other error names the recipe's line."""
+        try:
+            return self.build(cfg)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise recipe_failure(self.path, err, "build(cfg)") from err
 
 
 def recipes_dir() -> Path:
@@ -91,7 +104,11 @@ def load_recipe(spec: str) -> Recipe:
     module: ModuleType = importlib.util.module_from_spec(import_spec)
     # dataclasses look their module up in sys.modules while the class body is processed.
     sys.modules[module_name] = module
-    import_spec.loader.exec_module(module)
+    try:
+        import_spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - any error of the user's file becomes one line naming its line
+        del sys.modules[module_name]
+        raise recipe_failure(path, err, "import") from err
     config_cls = getattr(module, "Config", None)
     build = getattr(module, "build", None)
     if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls) and issubclass(config_cls, RecipeConfig)):

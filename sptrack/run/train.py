@@ -76,7 +76,7 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     from sptrack.track import build_tracker, tracker_callbacks
 
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    experiment = recipe.build(cfg)
+    experiment = recipe.build_experiment(cfg)
     t = cfg.tracker
     tracker = build_tracker(t.kind, uri=t.uri, experiment=t.experiment or recipe.name, run_name=t.run_name)
     tracking = tracker_callbacks(tracker, config=cfg, recipe_path=str(recipe.path))

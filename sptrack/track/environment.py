@@ -9,7 +9,7 @@ import sys
 from importlib import metadata
 from typing import Any, Optional
 
-from sptrack.track.params import redact_argv, redact_value
+from sptrack.track.redact import redact_argv, redact_value
 
 KEY_PACKAGES = ("sptrack", "torch", "lightning", "mlflow", "wandb", "numpy", "optuna", "kornia", "torchvision")
 

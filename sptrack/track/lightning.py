@@ -225,7 +225,7 @@ class TrackerLogger(Logger, Callback):
         self._inputs_logged = True
         if self.recipe_path:
             with open(self.recipe_path, encoding="utf-8", errors="replace") as f:
-                tracker.log_text(redact_text(f.read()), f"recipe/{os.path.basename(self.recipe_path)}")
+                tracker.log_text(redact_text(f.read(), self.recipe_path), f"recipe/{os.path.basename(self.recipe_path)}")
         if self.config is not None:
             tracker.log_dict(redact_mapping(self.config), "config/resolved.json")
         from sptrack.track.environment import collect_environment

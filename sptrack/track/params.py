@@ -1,60 +1,29 @@
-"""Hyper-parameters for trackers: flattening with dotted keys and secret redaction.
+"""Hyper-parameters for trackers: flattening with dotted keys, secrets masked, optimizer summary rows.
 
 Everything a tracker receives goes through :func:`prepare_params` (dicts) or :func:`redact_text`
-(files such as the recipe), so API keys, tokens and passwords never reach MLflow or W&B.
+(files such as the recipe), so API keys, tokens and passwords never reach MLflow or W&B. The
+redaction itself lives in :mod:`sptrack.track.redact`; its public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from argparse import Namespace
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
-from typing import Any, Iterable
+from typing import Any
 
-REDACTED = "***"
-
-#: A key is secret when its last dotted component is one of these words, alone or as a
-#: ``_``/``-`` separated suffix (``api_key``, ``WANDB_API_KEY``, ``hf_token``, ``db-password``),
-#: and its value is a non-empty string. ``num_tokens``/``max_tokens``/``tokenizer`` are not secret.
-_SECRET_WORDS = (
-    r"api[_-]?key|apikey|access[_-]?key|secret[_-]?key|secret|client[_-]?secret|password|passwd|pwd|passphrase"
-    r"|token|access[_-]?token|auth[_-]?token|refresh[_-]?token|bearer|credentials?|private[_-]?key"
+from sptrack.track.redact import (  # noqa: F401 - re-exported: callers import redaction from here
+    REDACTED,
+    is_secret_key,
+    mask_secret_values,
+    redact,
+    redact_argv,
+    redact_mapping,
+    redact_text,
+    redact_value,
 )
-_SECRET_KEY = re.compile(rf"(?:^|[_\-])(?:{_SECRET_WORDS})$", re.IGNORECASE)
-#: ``scheme://user:password@host`` -> ``scheme://user:***@host``.
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^\s/@:]*):(?P<password>[^\s/@]+)@")
-#: ``?token=...`` / ``&api_key=...`` / ``&sig=...`` query parameters.
-_URL_QUERY_SECRET = re.compile(
-    rf"(?P<prefix>[?&](?:{_SECRET_WORDS}|key|sig|signature|x-amz-signature|x-amz-credential)=)[^&#\s]+",
-    re.IGNORECASE,
-)
-#: ``Authorization: Bearer xyz`` style values.
-_BEARER = re.compile(r"(?P<prefix>\b(?:bearer|basic|token)\s+)[A-Za-z0-9._~+/=\-]{12,}", re.IGNORECASE)
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a (possibly dotted) parameter name names a credential."""
-    last = re.split(r"[./]", str(key))[-1]
-    return bool(_SECRET_KEY.search(last))
-
-
-def redact_value(value: Any) -> Any:
-    """Mask credentials inside a string value (URL passwords, secret query parameters, bearer tokens)."""
-    if not isinstance(value, str):
-        return value
-    value = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", value)
-    value = _URL_QUERY_SECRET.sub(lambda m: f"{m['prefix']}{REDACTED}", value)
-    return _BEARER.sub(lambda m: f"{m['prefix']}{REDACTED}", value)
-
-
-def redact(key: str, value: Any) -> Any:
-    """The value to log for ``key``: :data:`REDACTED` for secrets, else :func:`redact_value`."""
-    if is_secret_key(key) and isinstance(value, (str, bytes)) and value:
-        return REDACTED
-    return redact_value(value)
 
 
 def _plain(value: Any) -> Any:
@@ -117,71 +86,21 @@ def flatten(params: Mapping | Namespace | None, prefix: str = "", sep: str = "."
 
 
 def prepare_params(params: Mapping | Namespace | None, prefix: str = "") -> dict[str, Any]:
-    """:func:`flatten`, then :func:`redact` every value (secret keys anywhere in the path included)."""
-    flat = flatten(params, prefix)
+    """:func:`flatten` with secrets masked, then :func:`redact_value` on everything else.
+
+    A secret key's text, bytes or container becomes one ``***`` value (``auth: ("u", "p")`` -> ``auth: ***``).
+    Params that arrive flattened already (``auth.user``, ``auth.pin``) are masked when any component above the
+    leaf is secret, numbers included; a secret leaf masks text only (``model.token: 5`` is a count, not a token).
+    """
+    flat = flatten(None if params is None else mask_secret_values(params), prefix)
     out = {}
     for key, value in flat.items():
-        secret = any(is_secret_key(part) for part in key.split("."))
-        out[key] = REDACTED if secret and isinstance(value, str) and value else redact_value(value)
-    return out
-
-
-def redact_mapping(params: Any) -> Any:
-    """A deep copy of a nested config with secrets masked (for the resolved-config artifact)."""
-    params = _plain(params)
-    if isinstance(params, Mapping):
-        return {str(k): (REDACTED if is_secret_key(str(k)) and isinstance(v, str) and v else redact_mapping(v)) for k, v in params.items()}
-    if isinstance(params, (list, tuple)):
-        return [redact_mapping(v) for v in params]
-    if isinstance(params, (str, int, float, bool)) or params is None:
-        return redact_value(params)
-    return redact_value(_scalar(params))
-
-
-#: ``key: value`` (YAML), ``key = value`` (TOML/INI), ``"key": value`` (JSON) on one line.
-_ASSIGNMENT = re.compile(
-    r"""^(?P<head>\s*-?\s*["']?(?P<key>[A-Za-z0-9_.\-]+)["']?\s*[:=]\s*)(?P<value>[^\s#,{}\[\]][^#]*?|["'][^"']*["'])(?P<tail>\s*,?\s*(?:\#.*)?)$"""
-)
-
-
-def redact_text(text: str) -> str:
-    """Mask credentials in a recipe/config file while keeping its layout and comments."""
-    lines = []
-    for line in text.splitlines(keepends=True):
-        body = line.rstrip("\r\n")
-        end = line[len(body):]
-        match = _ASSIGNMENT.match(body)
-        if match and is_secret_key(match["key"]) and match["value"].strip("\"' "):
-            quote = match["value"][0] if match["value"][:1] in "\"'" else ""
-            body = f"{match['head']}{quote}{REDACTED}{quote}{match['tail']}"
-        lines.append(redact_value(body) + end)
-    return "".join(lines)
-
-
-def redact_argv(argv: Iterable[str]) -> list[str]:
-    """Command-line arguments with ``--api-key X`` / ``--token=X`` values and URL passwords masked."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        if arg.startswith("-"):
-            name, eq, _ = arg.lstrip("-").partition("=")
-            if is_secret_key(name.replace("-", "_")):
-                if eq:
-                    out.append(arg.split("=", 1)[0] + "=" + REDACTED)
-                else:
-                    out.append(arg)
-                    hide_next = True
-                continue
-        elif "=" in arg:  # key=value overrides
-            name, _, value = arg.partition("=")
-            if any(is_secret_key(p) for p in name.split(".")) and value:
-                out.append(f"{name}={REDACTED}")
-                continue
-        out.append(redact_value(arg))
+        *parents, leaf = key.split(".")
+        if any(is_secret_key(p) for p in parents):
+            secret = value is not None and value != ""
+        else:
+            secret = is_secret_key(leaf) and isinstance(value, (str, bytes)) and bool(value)
+        out[key] = REDACTED if secret else redact_value(value)
     return out
 
 

@@ -34,6 +34,9 @@ class TrialResult:
     error: Optional[str] = None
     reported: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    #: ``(flag, metric)`` when the objective or prune metric was never logged; ``logged`` lists what was.
+    unlogged: Optional[tuple[str, str]] = None
+    logged: tuple = ()
 
 
 @dataclass
@@ -83,7 +86,7 @@ def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: 
         folder = trial_dir(ctx, number)
         cfg.trainer.output_dir = str(folder)
         pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-        experiment = ctx.recipe.build(cfg)
+        experiment = ctx.recipe.build_experiment(cfg)
         tracker = trial_tracker(cfg, ctx.recipe.name, ctx.study_name, number, params, ctx.parent_run_id)
         tags = TrialTags(tracker, trial_tags(ctx.study_name, number, params), monitor)
         callbacks = [*experiment.callbacks, *tracker_callbacks(tracker, config=cfg, recipe_path=str(ctx.recipe.path)), monitor, tags]
@@ -100,16 +103,24 @@ def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: 
             if not isinstance(err, ConfigError):
                 raise
         return _result("FAIL", tracker, monitor, start, error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
+    logged = tuple(sorted(trainer.callback_metrics))
+    unlogged = None
+    if ctx.objective not in logged:
+        unlogged = ("--objective", ctx.objective)
+    elif ctx.monitor != ctx.objective and ctx.monitor not in logged and not monitor.reported:
+        unlogged = ("--prune-metric", ctx.monitor)
     if monitor.pruned_at is not None:
         return _result("PRUNED", tracker, monitor, start)
     if monitor.value is None or not math.isfinite(monitor.value):
-        logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
-        return _result("FAIL", tracker, monitor, start, error=f"the objective {ctx.objective!r} was not logged as a finite number (logged: {logged}).")
-    return _result("COMPLETE", tracker, monitor, start, value=monitor.value)
+        shown = ", ".join(logged) or "none"
+        return _result("FAIL", tracker, monitor, start, unlogged=unlogged, logged=logged,
+                       error=f"the objective {ctx.objective!r} was not logged as a finite number (logged: {shown}).")
+    return _result("COMPLETE", tracker, monitor, start, value=monitor.value, unlogged=unlogged, logged=logged)
 
 
-def _result(state: str, tracker: Any, monitor: TrialMonitor, start: float, value: Optional[float] = None, error: Optional[str] = None) -> TrialResult:
+def _result(state: str, tracker: Any, monitor: TrialMonitor, start: float, value: Optional[float] = None, error: Optional[str] = None,
+            **names: Any) -> TrialResult:
     return TrialResult(
         state=state, value=value, run_id=getattr(tracker, "run_id", None), step=monitor.last_step,
-        error=error, reported=dict(monitor.reported), wall_s=time.perf_counter() - start,
+        error=error, reported=dict(monitor.reported), wall_s=time.perf_counter() - start, **names,
     )

@@ -30,18 +30,12 @@ from typing import Any, Mapping, Optional, Sequence
 
 from sptrack.errors import ConfigError, suggestion
 from sptrack.run.config import flatten, set_dotted
+from sptrack.run.validate import check_optimizer_accepts, rule_for
 
 KINDS = ("log-uniform", "uniform", "int", "log-int")
-_RANGE = re.compile(r"^\s*(?P<kind>[a-z-]+)\s+(?P<low>\S+?)\s*\.\.\s*(?P<high>\S+)\s*$")
+# ".." is the only separator: "1e-5...1e-2" does not match (it is not 1e-5 .. .1e-2).
+_RANGE = re.compile(r"^\s*(?P<kind>[a-z-]+)\s+(?P<low>\S*?[^.\s])\s*\.\.\s*(?P<high>[^.\s]\S*)\s*$")
 _NUMBER = re.compile(r"^(?P<rel>x)?(?P<num>[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)$")
-#: Domain rules per leaf name: (check, what it must be).
-_RULES = {
-    "lr": (lambda v: v > 0, "> 0"),
-    "frequency": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "warmup_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-}
 _OPTIMIZER_FIELDS = ("lr", "weight_decay", "momentum", "betas")
 
 
@@ -183,7 +177,7 @@ def _parse(key: str, spec: Any, default: Any, pattern: str) -> Param:
 
 def _check_rule(param: Param, value: Any, where: str) -> None:
     leaf = param.key.rsplit(".", 1)[-1]
-    rule = _RULES.get(leaf) or (_RULES["lr"] if leaf.endswith("_lr") else None)  # e.g. probe_lr
+    rule = rule_for(leaf)  # the config's own domain of that key (sptrack.run.validate)
     if rule is None or value is None:
         return
     ok, must = rule
@@ -216,8 +210,6 @@ def _check_optimizers(cfg: Any, params: Sequence[Param]) -> None:
             touched.setdefault(parts[1], []).append(p)
     if not touched:
         return
-    import torch
-
     from sptrack.optim.factory import optimizer_registry
 
     registry = optimizer_registry()
@@ -225,15 +217,13 @@ def _check_optimizers(cfg: Any, params: Sequence[Param]) -> None:
         entry = optim[name]
         cls = registry.get(getattr(entry, "type", None))
         if cls is None:
-            continue  # an unknown type is reported by the Module with its own suggestion
+            continue  # an unknown type is reported by the config check with its own suggestion
         for p in fields:
             for value in (p.choices if p.kind == "choice" else (p.low, p.high)):
                 trial_entry = copy.deepcopy(entry)
                 setattr(trial_entry, p.key.split(".")[2], value)
-                kwargs = dict(trial_entry.to_optim()["optimizer"])
-                kwargs.pop("type")
                 try:
-                    cls([torch.zeros(1, requires_grad=True)], **kwargs)
-                except (ValueError, TypeError) as err:
-                    raise ConfigError(f"search_space ({p.key})", f"{cls.__name__} rejects {p.key.split('.')[2]}={value!r}: {err}",
+                    check_optimizer_accepts(cls, trial_entry.to_optim()["optimizer"], f"optim.{name}")
+                except ConfigError as err:
+                    raise ConfigError(f"search_space ({p.key})", f"{p.key.split('.')[2]}={value!r}: {str(err).split(': ', 1)[1]}",
                                       f"Narrow the range of {p.key}.") from None

@@ -29,9 +29,12 @@ from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 from sptrack.errors import ConfigError, suggestion
+from sptrack.track.params import redact_value
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+#: pip packages of the SQLAlchemy drivers an import error names.
+_DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pymysql": "pymysql", "MySQLdb": "mysqlclient"}
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
 
 
@@ -44,9 +47,14 @@ class StorageSpec:
     path: Optional[str] = None
 
     @property
+    def shown_url(self) -> str:
+        """The URL with any credentials masked: the form every message and printed command uses."""
+        return redact_value(self.url)
+
+    @property
     def dashboard_command(self) -> str:
-        """The command that opens optuna-dashboard on this storage."""
-        return f"optuna-dashboard {self.path if self.kind == 'journal' else self.url}"
+        """The command that opens optuna-dashboard on this storage (a password in the URL masked)."""
+        return f"optuna-dashboard {self.path if self.kind == 'journal' else self.shown_url}"
 
     @property
     def heartbeat(self) -> bool:
@@ -60,13 +68,14 @@ def resolve_storage(storage: Optional[str], default_dir: str) -> StorageSpec:
         path = os.path.abspath(os.path.join(default_dir, "optuna.db"))
         return StorageSpec("rdb", "sqlite:///" + path, path)
     text = storage.strip()
+    shown = redact_value(text)
     if not text:
         raise ConfigError("--storage", "is empty.", "Give e.g. sqlite:///sweeps.db or journal:sweeps.log.")
     if text.startswith("journal:"):
         path = text[len("journal:"):]
         path = path[2:] if path.startswith("///") else path  # journal:///abs/path -> /abs/path
         if not path:
-            raise ConfigError("--storage", f"{storage!r} names no journal file.", "Write journal:PATH.")
+            raise ConfigError("--storage", f"{shown!r} names no journal file.", "Write journal:PATH.")
         return StorageSpec("journal", "journal:" + os.path.abspath(path), os.path.abspath(path))
     scheme = urlparse(text).scheme.split("+", 1)[0].lower()
     if "://" not in text:
@@ -76,7 +85,7 @@ def resolve_storage(storage: Optional[str], default_dir: str) -> StorageSpec:
         if text.endswith(_JOURNAL_SUFFIXES):
             path = os.path.abspath(text)
             return StorageSpec("journal", "journal:" + path, path)
-        raise ConfigError("--storage", f"{storage!r} is neither a URL nor a .db / .log file.",
+        raise ConfigError("--storage", f"{shown!r} is neither a URL nor a .db / .log file.",
                           "Use sqlite:///PATH.db, journal:PATH.log or a database URL such as postgresql://user@host/db.")
     if scheme not in _RDB_SCHEMES:
         raise ConfigError("--storage", f"unknown storage scheme {scheme!r}.",
@@ -84,7 +93,7 @@ def resolve_storage(storage: Optional[str], default_dir: str) -> StorageSpec:
     if scheme == "sqlite":
         raw = text.split(":///", 1)[1] if ":///" in text else ""
         if not raw or raw == ":memory:":
-            raise ConfigError("--storage", f"{storage!r} is not a SQLite file.", "Workers share a study through a file: sqlite:///PATH.db.")
+            raise ConfigError("--storage", f"{shown!r} is not a SQLite file.", "Workers share a study through a file: sqlite:///PATH.db.")
         path = os.path.abspath(raw)
         return StorageSpec("rdb", "sqlite:///" + path, path)
     return StorageSpec("rdb", text)
@@ -104,13 +113,23 @@ def open_storage(spec: StorageSpec, heartbeat_s: int, max_retry: int):
     engine_kwargs = {"connect_args": {"timeout": 30}} if spec.url.startswith("sqlite") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat and its retry callback are "experimental"
-        return optuna.storages.RDBStorage(
-            spec.url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
+        try:
+            return optuna.storages.RDBStorage(
+                spec.url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_s,
+                grace_period=2 * heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+        except ImportError as err:  # SQLAlchemy's driver for the scheme (psycopg for postgresql://, ...)
+            module = getattr(err, "name", None) or "its driver"
+            raise ConfigError("--storage", f"{spec.shown_url} needs the database driver {module!r}, which is not installed.",
+                              f"Install it (pip install {_DRIVER_PACKAGES.get(module, module)}) or use sqlite:/// or journal:.") from None
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's connection errors: one line, the password masked
+            if type(err).__module__.split(".")[0] != "sqlalchemy":
+                raise
+            first = redact_value(str(err).strip().splitlines()[0]) if str(err).strip() else type(err).__name__
+            raise ConfigError("--storage", f"cannot open {spec.shown_url}: {first}.", "Check the server, the database name and the credentials.") from None
 
 
 @contextlib.contextmanager

@@ -30,14 +30,15 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from sptrack.errors import ConfigError
+from sptrack.errors import ConfigError, suggestion
 from sptrack.run.launch import resolve_devices
+from sptrack.run.paths import first_missing
+from sptrack.track.params import redact_value
 from sptrack.tune.distributed import (
     LAUNCHED_ENV,
     World,
-    barrier,
     broadcast_object,
     close_process_group,
     init_process_group,
@@ -46,10 +47,12 @@ from sptrack.tune.distributed import (
     under_torchrun,
     world_from_env,
 )
-from sptrack.tune.objective import TrialContext, TrialResult, run_trial
 from sptrack.tune.options import SweepOptions
 from sptrack.tune.space import SearchSpace
 from sptrack.tune.storage import StorageSpec, admission_lock, open_storage, resolve_storage
+
+if TYPE_CHECKING:  # the trial runner imports Lightning; the checks and --dry-run do not need it
+    from sptrack.tune.objective import TrialResult
 
 #: Set in the worker processes of ``--workers K`` (their index).
 WORKER_ENV = "SPTRACK_SWEEP_WORKER"
@@ -106,7 +109,7 @@ def open_study(name: str, spec: StorageSpec, opts: SweepOptions):
     study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(opts), pruner=_pruner(opts),
                                 direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
-        raise ConfigError("--direction", f"study {name!r} in {spec.url} already {study.direction.name.lower()}s.",
+        raise ConfigError("--direction", f"study {name!r} in {redact_value(spec.url)} already {study.direction.name.lower()}s.",
                           "Use the same direction, or another --study name.")
     stored = study.user_attrs.get("objective")
     if stored is None:
@@ -186,6 +189,55 @@ def tell(study: Any, trial: Any, result: TrialResult) -> None:
         study.tell(trial, state=TrialState.PRUNED if result.state == "PRUNED" else TrialState.FAIL)
 
 
+def unlogged_metric_error(study: Any, result: TrialResult) -> ConfigError | None:
+    """The error that stops a study whose objective or prune metric a finished trial never logged.
+
+    Only while no trial of the study has completed: once one has, the metric exists and a later trial
+    that misses it is that trial's own failure.
+    """
+    from optuna.trial import TrialState
+
+    if result.unlogged is None:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    if result.unlogged[0] == "--objective" and any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    if result.unlogged[0] == "--prune-metric" and any(t.intermediate_values for t in trials):
+        return None
+    flag, metric = result.unlogged
+    hint = suggestion(metric, result.logged) or f" Logged metrics: {', '.join(result.logged) or 'none'}."
+    return ConfigError(flag, f"{metric!r} is not a metric the trials log, so no trial could be scored.", hint)
+
+
+class CreatedHere:
+    """What a sweep command made (a new study, the folders of its default storage), to remove if it fails at once."""
+
+    def __init__(self, recipe: Any, cfg: Any):
+        root = Path(cfg.trainer.output_dir) / recipe.name
+        self.folder = first_missing(root)
+        self.trials_root = root / "sweeps"
+        self.new_study = False
+
+    def opened(self, study: Any) -> None:
+        """Record whether ``study`` held no trial when this command opened it."""
+        self.new_study = not study.get_trials(deepcopy=False)
+
+    def discard(self, name: str, storage: Any) -> None:
+        """Delete the new study and the folders this command created (nothing another run wrote)."""
+        import shutil
+
+        import optuna
+
+        if self.new_study:
+            try:
+                optuna.delete_study(study_name=name, storage=storage)
+            except KeyError:  # another worker of the same command deleted it first
+                pass
+            shutil.rmtree(self.trials_root / name, ignore_errors=True)  # the trial folders (objective.trial_dir)
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------------- runner
 def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) -> int:
     """Run (or resume, or join) the sweep; returns the process exit code."""
@@ -204,12 +256,16 @@ def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) ->
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     study = storage = None
     parent = None
+    created = CreatedHere(recipe, cfg)
     if world.is_zero:
         from sptrack.tune.tracking import ensure_parent_run
 
         study, storage = open_study(name, spec, opts)
+        created.opened(study)
         parent = ensure_parent_run(study, cfg, recipe.name)
     parent = broadcast_object(parent, world)
+    from sptrack.tune.objective import TrialContext, run_trial
+
     ctx = TrialContext(recipe, cfg, name, opts.objective, opts.monitor, opts.prune_every, parent, world.distributed)
     while True:
         trial = payload = None
@@ -225,10 +281,17 @@ def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) ->
                 result = run_trial(ctx, payload["number"], payload["params"], trial)
         else:
             result = run_trial(ctx, payload["number"], payload["params"], trial if world.is_zero else None)
+        stop = None
         if world.is_zero:
             tell(study, trial, result)
             _print_trial(payload, result)
-        barrier(world)
+            stop = unlogged_metric_error(study, result)
+            if stop is not None:
+                created.discard(name, storage)
+        stop = broadcast_object(stop, world)  # also the barrier between trials
+        if stop is not None:
+            close_process_group(world)
+            raise stop
     if world.is_zero and worker is None:
         _finish(study, spec, cfg, recipe)
     close_process_group(world)
@@ -256,13 +319,18 @@ def _launch_workers(recipe: Any, cfg: Any, opts: SweepOptions, name: str, spec: 
     from sptrack.tune.tracking import ensure_parent_run
 
     # Created here, once, so that the workers do not race to create the study or its parent run.
-    study, _ = open_study(name, spec, opts)
+    created = CreatedHere(recipe, cfg)
+    study, storage = open_study(name, spec, opts)
+    created.opened(study)
     ensure_parent_run(study, cfg, recipe.name)
     procs = []
     for index in range(opts.workers):
         env = {**os.environ, WORKER_ENV: str(index)}
         procs.append(subprocess.Popen([sys.executable, "-m", "sptrack.run", *argv], env=env))
     codes = [p.wait() for p in procs]
+    if 2 in codes:  # a bad input the workers reported (one line each): the study is not worth a report
+        created.discard(name, storage)
+        return 2
     failed = [c for c in codes if c != 0]
     if failed:
         print(f"sptrack.tune: {len(failed)} of {opts.workers} workers exited with an error (codes {codes}).", file=sys.stderr)
