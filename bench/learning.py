@@ -12,11 +12,11 @@ the machine's cores; printed). The Trainer gets the same arguments as ``python -
 At the end of every epoch (after the recipe's own validation) the wall time since ``fit`` began is
 recorded with the online metrics ``eval/knn_acc``, ``eval/probe_acc``, ``eval/rankme``; before the
 first step, every ``--probe-every`` epochs and after the last epoch the held-out linear probe on
-frozen embeddings (``sptrack.run.evaluate.linear_probe_accuracy``, what ``sptrack.run`` reports at
+frozen embeddings (``sptrack.recipe.evaluate.linear_probe_accuracy``, what ``sptrack.run`` reports at
 the end) is fitted. Probe time is excluded from the wall clock and the global RNG state is restored
 around it, so the training trajectory is the same whatever the probe schedule. The random-init
 baseline is the mean of the same probe on ``cfg.eval.baseline_inits`` encoders from
-``experiment.encoder_factory()`` (seeds 0, 1, ...), as in ``sptrack.run.final_eval.final_linear_eval``.
+``experiment.encoder_factory()`` (seeds 0, 1, ...), as in ``sptrack.recipe.final_eval.final_linear_eval``.
 
 Writes ``DIR/learning.json`` (curves, summary, a ``"markdown"`` table that ``bench/run.py`` copies into
 RESULTS.md) and ``DIR/learning.png``. Expected time alone on 2 CPU cores (``SECONDS_PER_EPOCH``; the
@@ -65,7 +65,7 @@ def _probe(experiment: Any, encoder: Any = None) -> float:
     """Held-out linear-probe accuracy of ``encoder`` (default: the recipe's trained encoder), RNG untouched."""
     import torch
 
-    from sptrack.run.evaluate import linear_probe_accuracy
+    from sptrack.recipe.evaluate import linear_probe_accuracy
 
     # Iterating a DataLoader draws a seed from the global generator: fork it, so that probing does
     # not change the augmentations (and so the curve) of the epochs that follow.
@@ -124,7 +124,7 @@ def _f(value: Optional[float], digits: int = 4) -> str:
 
 def configure(name: str, recipe: Any, quick: bool, epochs_scale: float, overrides: list[str]) -> Any:
     """The recipe's default config, shortened by ``epochs_scale`` (or tiny in quick mode), then ``overrides``."""
-    from sptrack.run.config import apply_overrides
+    from sptrack.recipe.config import apply_overrides
 
     cfg = recipe.default_config()
     cfg.trainer.max_epochs = max(1, round(cfg.trainer.max_epochs * epochs_scale))
@@ -142,10 +142,10 @@ def run_recipe(name: str, cfg: Any, probe_every: Optional[int], work: Path) -> d
     import torch
 
     from sptrack.module.trainer import Trainer
-    from sptrack.run.config import flatten
-    from sptrack.run.evaluate import random_init_baseline
-    from sptrack.run.recipe import load_recipe
-    from sptrack.run.train import trainer_kwargs
+    from sptrack.recipe.config import flatten
+    from sptrack.recipe.evaluate import random_init_baseline
+    from sptrack.recipe.loading import load_recipe
+    from sptrack.recipe.trainer_args import trainer_kwargs
 
     recipe = load_recipe(name)
     epochs = cfg.trainer.max_epochs
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
     import os
     import tempfile
 
-    from sptrack.run.recipe import load_recipe
+    from sptrack.recipe.loading import load_recipe
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ TINY = {"dino": ["model.out_dim=64", "model.head_hidden_dim=32", "model.bottlene
 
 def configure(recipe, quick: bool, steps: int, out: Path, extra: list[str]):
     """The recipe's defaults made small, trials capped at ``steps`` optimizer steps, trial folders under ``out``."""
-    from sptrack.run.config import apply_overrides
+    from sptrack.recipe.config import apply_overrides
 
     cfg = recipe.default_config()
     size = (COMMON_TINY + TINY.get(recipe.name, [])) if quick else (COMMON_SMALL + SMALL.get(recipe.name, []))
@@ -271,7 +271,7 @@ def main(argv=None) -> None:
     threads = common.setup_threads(args.threads)
     common.quiet_lightning()
     import sptrack
-    from sptrack.run.recipe import load_recipe
+    from sptrack.recipe.loading import load_recipe
 
     sptrack.Module._print_summary = lambda self: None  # one line per trial, not an optimizer table per trial
 

@@ -13,6 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# CLI runs track into an embedded MLflow store by default (a few seconds per new store); tests that are
+# about tracking say so (--tracker, or no SPTRACK_TRACKER in their environment), the rest track nothing.
+os.environ.setdefault("SPTRACK_TRACKER", "none")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*too few.*")
 

@@ -134,15 +134,15 @@ def test_frequency_steps_on_the_mean_gradient_of_its_window():
         with torch.no_grad():
             for p in backbone.parameters():
                 p -= 0.1 * p.grad
-            for acc, p in zip(head_grads, head.parameters()):
+            for acc, p in zip(head_grads, head.parameters(), strict=True):
                 acc += p.grad
             if i % 3 == 0:
-                for acc, p in zip(head_grads, head.parameters()):
+                for acc, p in zip(head_grads, head.parameters(), strict=True):
                     p -= 0.3 * acc / 3
                     acc.zero_()
-    for ours, ref in zip(module.head.parameters(), head.parameters()):
+    for ours, ref in zip(module.head.parameters(), head.parameters(), strict=True):
         torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
-    for ours, ref in zip(module.backbone.parameters(), backbone.parameters()):
+    for ours, ref in zip(module.backbone.parameters(), backbone.parameters(), strict=True):
         torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
 
 

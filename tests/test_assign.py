@@ -10,6 +10,7 @@ from torch import nn
 import sptrack
 from conftest import loader, make_nets, mse_forward, trainer
 from sptrack.errors import ConfigError
+from sptrack.optim import OptimizerEntry
 
 
 def tree():
@@ -117,3 +118,64 @@ def test_named_parameters_forwards_remove_duplicate():
     assert "alias.weight" not in [n for n, _ in m.named_parameters()]
     assert [n for n, _ in m.named_parameters(recurse=False)] == []
     assert all(n.startswith("x.") for n, _ in m.named_parameters(prefix="x"))
+
+
+@pytest.fixture
+def assignment_calls(monkeypatch):
+    """Count every call of ``assign_parameters``, wherever the package imported it."""
+    import sptrack.module.build
+    import sptrack.module.module
+    import sptrack.optim.assign
+
+    calls = []
+    real = sptrack.optim.assign.assign_parameters
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    for mod in (sptrack.optim.assign, sptrack.module.module, sptrack.module.build):
+        if hasattr(mod, "assign_parameters"):
+            monkeypatch.setattr(mod, "assign_parameters", counting)
+    return calls
+
+
+def test_assignment_runs_once_per_fit(assignment_calls):
+    optim = {"enc": {"modules": "backbone|backbone_extra", "optimizer": "SGD"},
+             "head": OptimizerEntry(modules="classifier_head|decoder", type="SGD", lr=0.1)}
+    nets = tree()
+    m = sptrack.Module(forward=lambda self, batch, stage: {"loss": self.decoder(self.backbone(batch["x"])).sum() * 0}, optim=optim, **nets)
+    m.plan_optimizers()  # what --dry-run prints reuses it too
+    trainer(max_epochs=1).fit(m, loader(n=8, batch_size=4))
+    assert len(assignment_calls) == 1
+    assert sorted(next(s for s in m._slots if s.name == "head").param_names) == [
+        "classifier_head.0.bias", "classifier_head.0.weight", "decoder.bias", "decoder.weight"]
+
+
+def test_assignment_follows_parameter_objects_replaced_after_construction(assignment_calls):
+    """Same names and flags (as FSDP2's sharding leaves them): the optimizers get the new objects, no new assignment."""
+    backbone, head = make_nets()
+    m = sptrack.Module(forward=mse_forward, optim={"a": {"modules": "backbone", "optimizer": "SGD"}, "b": {"modules": "head", "optimizer": "SGD"}},
+                       backbone=backbone, head=head)
+    m.head.weight = nn.Parameter(m.head.weight.detach().clone())
+    m.configure_optimizers()
+    opt_b = next(s for s in m._slots if s.name == "b").optimizer
+    assert any(p is m.head.weight for p in opt_b.param_groups[0]["params"])
+    assert len(assignment_calls) == 1
+
+
+@pytest.mark.parametrize("change", ["add_module", "freeze", "tie"])
+def test_assignment_is_computed_again_when_the_tree_changed(assignment_calls, change):
+    optim = {"enc": {"modules": "backbone", "optimizer": "SGD"}, "rest": {"modules": "decoder|backbone_extra|classifier_head", "optimizer": "SGD"}}
+    m = sptrack.Module(forward=mse_forward, optim=optim, **tree())
+    if change == "add_module":
+        m.backbone.append(nn.Linear(4, 4))  # a child of backbone: inherits 'enc'
+        assert "backbone.2.weight" in owned(m, "enc")
+    elif change == "freeze":
+        m.decoder.requires_grad_(False)
+        assert "decoder.weight" not in owned(m, "rest")
+    else:
+        m.decoder.weight = m.backbone[0].weight  # tied across optimizers: the error assignment reports
+        with pytest.raises(ConfigError, match="tied parameter"):
+            m.configure_optimizers()
+    assert len(assignment_calls) == 2

@@ -10,6 +10,7 @@ import torch
 import sptrack
 from conftest import loader, make_nets, mse_forward, trainer
 from sptrack.errors import ConfigError
+from sptrack.optim import OptimizerEntry
 
 
 def two(**b):
@@ -89,3 +90,56 @@ def test_pattern_on_module_without_trainable_parameters():
     module = sptrack.Module(forward=mse_forward, optim=optim, backbone=backbone, head=head, act=torch.nn.ReLU())
     with pytest.raises(ConfigError, match=r"optim\.b\.modules: matches modules \['head', 'act'\] that own no trainable"):
         module.configure_optimizers()
+
+
+def entries(**b):
+    """Two recipe entries; ``b`` sets fields of the second (named ``b``, owning ``head``)."""
+    return {"a": OptimizerEntry(modules="backbone", type="SGD", scheduler=None), "b": OptimizerEntry(**{"modules": "head", **b})}
+
+
+# An OptimizerEntry's errors name the recipe's keys (optim.<name>.<field>), never the dict form's.
+BAD_ENTRIES = [
+    (entries(type="Adamm"), "optim.b.type", "Did you mean 'Adam'"),
+    (entries(type=3), "optim.b.type", "cannot build a optimizer from int"),
+    (entries(momentum=0.9), "optim.b.momentum", "AdamW has no argument 'momentum'"),
+    (entries(optimizer_args={"epss": 1e-6}), "optim.b.optimizer_args.epss", "Did you mean 'eps'"),
+    (entries(optimizer_args={"lr": 0.1}), "optim.b.optimizer_args.lr", "Set optim.b.lr instead"),
+    (entries(optimizer_args=[1]), "optim.b.optimizer_args", "dict of keyword arguments"),
+    (entries(type=lambda params: torch.optim.SGD(params, lr=0.1)), "optim.b.type", "name or class"),
+    (entries(scheduler="Cosine"), "optim.b.scheduler", "Did you mean 'CosineAnnealingLR'"),
+    (entries(scheduler="CosineAnnealingLR", scheduler_args={"T_maxx": 3}), "optim.b.scheduler_args.T_maxx", "Did you mean 'T_max'"),
+    (entries(scheduler=None, scheduler_args={"T_max": 3}), "optim.b.scheduler_args.T_max", "none is declared"),
+    (entries(warmup_fraction=0.1, scheduler_args={"warmup_fraction": 0.2}), "optim.b.warmup_fraction", "given twice"),
+    (entries(scheduler="ReduceLROnPlateau", monitor=3), "optim.b.monitor", "metric name"),
+    (entries(interval="steps"), "optim.b.interval", "Did you mean 'step'"),
+    (entries(frequency=0), "optim.b.frequency", "integer >= 1"),
+    (entries(gradient_clip_val=-1.0), "optim.b.gradient_clip_val", "number >= 0"),
+    (entries(gradient_clip_algorithm="nrom"), "optim.b.gradient_clip_algorithm", "Did you mean 'norm'"),
+    (entries(modules="headd"), "optim.b.modules", "Did you mean 'head'"),
+    (entries(modules="("), "optim.b.modules", "invalid regex"),
+    (entries(modules=None), "optim.b.modules", "required when several"),
+    (OptimizerEntry(modules="head"), "optim.modules", "owns every parameter"),
+    ({"a": OptimizerEntry(modules="backbone"), "b": 3}, "optim.b", "or an OptimizerEntry"),
+]
+
+
+@pytest.mark.parametrize("optim,key,fragment", BAD_ENTRIES, ids=[case[1] + ":" + case[2][:20] for case in BAD_ENTRIES])
+def test_bad_recipe_entry_is_rejected_at_construction_naming_its_field(optim, key, fragment):
+    backbone, head = make_nets()
+    with pytest.raises(ConfigError) as err:
+        sptrack.Module(forward=mse_forward, optim=optim, backbone=backbone, head=head)
+    assert err.value.key == key
+    assert fragment in str(err.value)
+
+
+def test_bad_recipe_entry_values_fail_at_fit_naming_its_fields():
+    backbone, head = make_nets()
+    # ReduceLROnPlateau on a validation metric in a fit without validation: before the first step.
+    optim = entries(scheduler="ReduceLROnPlateau", monitor="val_accuracy")
+    with pytest.raises(ConfigError, match="no validation loop") as err:
+        trainer().fit(sptrack.Module(forward=mse_forward, optim=optim, backbone=backbone, head=head), loader(n=8))
+    assert err.value.key == "optim.b.monitor"
+    optim = entries(scheduler="LinearLR", scheduler_args={"start_factor": 2.0})
+    with pytest.raises(ConfigError, match="building LinearLR failed") as err:
+        trainer().fit(sptrack.Module(forward=mse_forward, optim=optim, backbone=backbone, head=head), loader(n=8))
+    assert err.value.key == "optim.b.scheduler"

@@ -46,7 +46,8 @@ def test_probe_trains_with_its_own_optimizer_and_leaves_the_encoder_alone():
     t = trainer(max_epochs=2, callbacks=[ProbeCallback(frequency=2)])
     t.fit(probed, loader(n=20, batch_size=4))
 
-    for (name, a), (_, b) in zip(plain.named_parameters(with_callbacks=False), probed.named_parameters(with_callbacks=False)):
+    for (name, a), (name_b, b) in zip(plain.named_parameters(with_callbacks=False), probed.named_parameters(with_callbacks=False), strict=True):
+        assert name == name_b
         assert torch.equal(a, b), f"the probe changed {name}"
     torch.manual_seed(1)
     initial_probe = nn.Linear(1, 1)
@@ -71,7 +72,8 @@ def test_probe_resumes_exactly(tmp_path):
 
     straight = run(callbacks=[ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, save_on_train_epoch_end=True)])
     resumed = run(ckpt_path=sorted(tmp_path.glob("epoch=0*.ckpt"))[0])
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (name_b, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert name == name_b
         assert torch.equal(a, b), name
 
 

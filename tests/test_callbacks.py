@@ -189,6 +189,11 @@ def test_knn_predict_is_perfect_on_separable_clusters_and_weights_votes():
     assert knn_predict(query, bank, labels, 2, k=3, temperature=0.07).item() == 0  # weighted vote
     assert knn_predict(query, bank, labels, 2, k=3, temperature=100.0).item() == 1  # ~ majority vote
     assert knn_predict(query, bank, labels, 2, k=50).item() == 0, "k is capped at the bank size"
+    # k decides: the nearest entry is class 0, the next four (farther, together heavier) class 1.
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.44], [0.9, -0.44], [0.88, 0.47], [0.88, -0.47]])
+    labels = torch.tensor([0, 1, 1, 1, 1])
+    assert knn_predict(query, bank, labels, 2, k=1, temperature=1.0).item() == 0
+    assert knn_predict(query, bank, labels, 2, k=5, temperature=1.0).item() == 1
 
 
 def test_rankme_values():

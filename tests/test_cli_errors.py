@@ -36,9 +36,9 @@ def _write_recipes(folder: Path) -> None:
     (folder / "a_dir").mkdir()
     (folder / "empty").mkdir()
     (folder / "a_file").write_text("x")
-    (folder / "syntax.py").write_text("from sptrack.run.config import RecipeConfig\n\nclass Config(RecipeConfig)\n    pass\n")
+    (folder / "syntax.py").write_text("from sptrack.recipe.config import RecipeConfig\n\nclass Config(RecipeConfig)\n    pass\n")
     (folder / "boom.py").write_text(
-        "from dataclasses import dataclass\n\nfrom sptrack.run.config import RecipeConfig\n\n\n"
+        "from dataclasses import dataclass\n\nfrom sptrack.recipe.config import RecipeConfig\n\n\n"
         "@dataclass\nclass Config(RecipeConfig):\n    pass\n\n\n"
         "def build(cfg):\n    widths = []\n    return widths[3]\n"
     )
@@ -130,15 +130,33 @@ def _listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("argv,key,fragment", CASES, ids=[f"{i}:{c[1]}" for i, c in enumerate(CASES)])
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, key, fragment, tmp_path):
-    _write_recipes(tmp_path)
-    before = _listing(tmp_path)
-    port = _closed_port()
-    argv = [a.replace("{port}", str(port)) for a in argv]
+def _run_case(argv: list[str], folder: Path) -> tuple[subprocess.CompletedProcess, set[str], set[str]]:
+    """One case in its own empty folder (plus the test files): the process, the listing before and after."""
+    folder.mkdir(parents=True)
+    _write_recipes(folder)
+    before = _listing(folder)
+    argv = [a.replace("{port}", str(_closed_port())) for a in argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("SPTRACK_TRACEBACK", None)
-    proc = subprocess.run([sys.executable, "-m", "sptrack.run", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "sptrack.run", *argv], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    return proc, before, _listing(folder)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case's outcome, run 3 at a time (each is a fresh interpreter; most wait on imports, not on a core)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("cases")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(_run_case, argv, root / f"case-{i}") for i, (argv, _, _) in enumerate(CASES)]
+        return [f.result() for f in futures]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{i}:{c[1]}" for i, c in enumerate(CASES)])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(index, outcomes):
+    _, key, fragment = CASES[index]
+    proc, before, after = outcomes[index]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
@@ -147,7 +165,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, key, fragment, tm
     if fragment is not None:
         assert fragment in errors[0], errors[0]
     assert SECRET not in proc.stdout + proc.stderr
-    assert _listing(tmp_path) == before  # no run directory, study, store or checkpoint left
+    assert after == before  # no run directory, study, store or checkpoint left
 
 
 def test_traceback_flag_and_variable_show_the_stack(tmp_path):
@@ -177,7 +195,7 @@ def test_precision_and_accelerator_names_are_lightnings():
     from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
     from lightning.pytorch.accelerators import AcceleratorRegistry
 
-    from sptrack.run.validate import ACCELERATORS, PRECISIONS
+    from sptrack.recipe.validate import ACCELERATORS, PRECISIONS
 
     assert set(PRECISIONS) == set(typing.get_args(_PRECISION_INPUT_STR)) | set(typing.get_args(_PRECISION_INPUT_STR_ALIAS))
     assert set(ACCELERATORS) == set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"}
@@ -196,4 +214,16 @@ def test_a_machine_without_the_asked_accelerator_is_lightnings_check_in_one_line
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(errors) == 1 and errors[0].startswith("error: trainer: ") and "CUDA" in errors[0], errors
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_dashboard_without_its_extra_names_the_pip_install(tmp_path):
+    """The dashboard packages are an extra: without them, one line naming what to install (plotly blocked here)."""
+    code = ("import sys; sys.modules['plotly'] = None; from sptrack.dashboard.__main__ import main; "
+            "sys.exit(main(['report', '--tracking-uri', 'sqlite:///x.db', '--experiment', 'e', '--out', 'r.html']))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: report: needs the package 'plotly', which is not installed. Install the dashboard extra: pip install 'sptrack[dashboard]'.")
     assert not any(tmp_path.iterdir())

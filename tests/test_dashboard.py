@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from dashboard_helpers.sweep import OPTIMIZERS, free_port, make_sweep, wait_http
 from sptrack.dashboard.__main__ import main
-from sptrack.dashboard.collect import collect
+from sptrack.dashboard.collect import collect, optimizer_settings
 from sptrack.dashboard.report import embedded_data
 from sptrack.errors import ConfigError
 
@@ -70,7 +70,7 @@ def test_study_report_plots_exactly_the_metric_histories(sweep, trials, tmp_path
         assert run["trial_number"] == t.number and run["trial_state"] == t.state.name
         assert run["final"]["optuna/objective"] == pytest.approx(t.value)
         assert run["params"] == pytest.approx(t.params)
-        # per-optimizer settings come from the run's optim/<name>/<field> params
+        # per-optimizer settings come from the run's optim.<name>.<field> params (the recipe's and the summary's)
         assert float(run["optimizers"]["backbone"]["lr"]) == pytest.approx(t.params["optim.backbone.lr"])
         assert run["optimizers"]["head"]["frequency"] == str(t.params["optim.head.frequency"])
         assert run["optimizers"]["backbone"]["scheduler"] != "None" and run["optimizers"]["head"]["scheduler"] == "None"
@@ -82,6 +82,23 @@ def test_study_report_plots_exactly_the_metric_histories(sweep, trials, tmp_path
     assert len(pngs) == 4 + len(study["params"]) + 1
     for p in pngs:
         assert p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 5000, p
+
+
+def test_optimizer_settings_are_read_under_their_one_name():
+    params = {
+        "optim.backbone.lr": "0.3", "optim.backbone.frequency": "1", "optim.backbone.scheduler": "None",  # the recipe's
+        "optim.backbone.class": "LARS", "optim.backbone.num_params": "120",  # the optimizer summary's
+        "optim.head.optimizer.lr": "0.01", "optim.head.optimizer.weight_decay": "0.05",  # Module(optim=...)'s form
+        "optim.head.scheduler.type": "CosineAnnealingLR", "optim.head.class": "AdamW",
+        "model.dim": "8",
+    }
+    assert optimizer_settings(params) == {
+        "backbone": {"class": "LARS", "lr": "0.3", "frequency": "1", "scheduler": "None", "num_params": "120"},
+        "head": {"class": "AdamW", "lr": "0.01", "weight_decay": "0.05"},
+    }
+    # An optimizer known by its lr metric only, and a run tracked with the former optim/<name>/<field> names.
+    assert optimizer_settings({"optim.probe.lr": "0.001"}, ["hparams/lr_probe", "train/loss"]) == {"probe": {"lr": "0.001"}}
+    assert optimizer_settings({"optim/head/class": "AdamW", "optim/head/lr": "0.01"}) == {"head": {"class": "AdamW", "lr": "0.01"}}
 
 
 def test_experiment_report_keeps_only_the_selected_runs(sweep, trials, tmp_path):

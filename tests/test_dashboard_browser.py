@@ -1,6 +1,7 @@
 """Headless Chromium on the report file and on the real MLflow UI: screenshots, and the rendered DOM after JavaScript ran.
 
-Skipped, with the reason printed, only where no Chromium is installed (``.ci/run`` installs Debian's).
+Skipped, with the reason printed, only where no Chromium is installed (``.ci/run`` installs Debian's);
+with ``CI=true`` a missing Chromium fails the run instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from sptrack.dashboard.report import build_report
 
 if find_chromium() is None:
     reason = "no Chromium on this machine (apt-get install chromium; .ci/run does it): browser tests skipped"
+    if os.environ.get("CI") == "true":  # in CI the only checks of what a person sees must not silently vanish
+        pytest.fail(reason.replace("skipped", "cannot run in CI"), pytrace=False)
     print(reason, file=sys.stderr)
     pytest.skip(reason, allow_module_level=True)
 
@@ -92,6 +95,67 @@ def test_mlflow_ui_shows_the_runs_and_lr_charts(sweep, tmp_path):
             assert f"hparams/lr_{name}" in titles
         assert png_size(shot) == (1600, 1100) and shot.stat().st_size > 30_000
         assert (tmp_path / "mlflow-runs.png").stat().st_size > 20_000
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+#: DINO in a few steps, every step logged (so the lr curves have points).
+TINY_DINO = ["data.dataset=synthetic", "data.subset=96", "data.batch_size=32", "model.cnn_widths=(8, 16)", "model.embed_dim=32",
+             "model.depth=1", "model.num_heads=2", "model.out_dim=64", "model.head_hidden_dim=64", "model.bottleneck_dim=16",
+             "dino.n_local=2", "eval.baseline_inits=1", "trainer.log_every_n_steps=1", "--max-epochs", "1"]
+
+
+def test_a_run_tracked_by_default_opens_in_the_mlflow_ui_as_model_training(tmp_path):
+    """The main command tracks by default; the command it prints opens the run, and MLflow shows it as model
+    training with a chart per optimizer's hparams/lr_<name>."""
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    for name in ("SPTRACK_TRACKER", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "dino.py"
+    done = subprocess.run([sys.executable, "-m", "sptrack.run", str(recipe), *TINY_DINO], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in done.stdout.splitlines()
+             if line.strip().startswith(("tracked:", "open it:", "then:"))}
+    assert lines["tracked"].endswith(f"in sqlite:///{tmp_path}/runs/mlflow.db"), lines
+    command, run_url = shlex.split(lines["open it"]), lines["then"]
+    assert command[0] == "mlflow" and "--port" in command
+    command[0] = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    port = command[command.index("--port") + 1]
+    log = tmp_path / "mlflow-ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/health", proc, log)
+        client = MlflowClient(base)
+        (experiment,) = [e for e in client.search_experiments() if e.name == "dino"]
+        assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+        runs_page = f"{base}/#/experiments/{experiment.experiment_id}/runs/"
+        assert run_url.startswith(runs_page) and run_url.endswith("/model-metrics?workflowType=machine_learning"), run_url
+        run_id = run_url[len(runs_page):].split("/", 1)[0]
+        lr_keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("hparams/lr_"))
+        assert lr_keys == ["hparams/lr_backbone", "hparams/lr_head", "hparams/lr_probe"], lr_keys
+        run_name = client.get_run(run_id).info.run_name
+        with Browser(width=1600, height=1100) as browser:
+            browser.open(run_url, ready="document.body.innerText.includes('hparams')", timeout=120)
+            # The charts of a section below the fold render once it is scrolled into view.
+            browser.evaluate("[...document.querySelectorAll('div')].find(e => !e.children.length && e.innerText.trim() == 'hparams').scrollIntoView()")
+            charts = " && ".join(f"document.body.innerText.includes('{run_name} ({k})')" for k in lr_keys)
+            browser.wait_for(charts, timeout=120)
+            text = browser.evaluate("document.body.innerText")
+            shot = browser.screenshot(tmp_path / "mlflow-run-metrics.png")
+            browser.open(f"{base}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning",
+                         ready=f"document.body.innerText.includes('{run_name}')", timeout=120)
+            overview = browser.evaluate("document.body.innerText")
+        assert "Model metrics" in text and all(f"{run_name} ({k})" in text for k in lr_keys)
+        assert "Model registry" in overview and "Token Usage" not in overview  # the model-training view, not GenAI's
+        assert png_size(shot) == (1600, 1100) and shot.stat().st_size > 30_000
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

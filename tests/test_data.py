@@ -357,8 +357,8 @@ def test_subset_is_a_seeded_random_draw_not_the_class_sorted_prefix():
 
 def test_held_out_split_follows_data_split_seed_not_the_training_seed():
     """Runs with different training seeds are scored on the same held-out images; ``data.split_seed`` moves them."""
-    from sptrack.run.config import DataConfig, RecipeConfig, TrainerConfig
-    from sptrack.run.recipe_parts import loaders_for
+    from sptrack.recipe.config import DataConfig, RecipeConfig, TrainerConfig
+    from sptrack.recipe.parts import loaders_for
 
     def held_out(trainer_seed: int, split_seed: int = 0) -> torch.Tensor:
         cfg = RecipeConfig(data=DataConfig(dataset="mnist5k", split_seed=split_seed), trainer=TrainerConfig(seed=trainer_seed))

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from sptrack.errors import ConfigError
-from sptrack.run.evaluate import fit_linear_probe, linear_probe_accuracy, random_init_baseline
-from sptrack.run.final_eval import final_linear_eval
-from sptrack.run.recipe import Experiment
+from sptrack.recipe import Experiment
+from sptrack.recipe.evaluate import fit_linear_probe, linear_probe_accuracy, random_init_baseline
+from sptrack.recipe.final_eval import final_linear_eval
 
 
 def _blobs(n: int, seed: int) -> list[dict]:
@@ -38,6 +38,23 @@ def test_probe_separates_separable_classes_and_not_random_labels():
     assert fit_linear_probe(x, y, vx, vy) == 1.0
     shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
     assert fit_linear_probe(x, shuffled, vx, vy) < 0.5  # chance is 1/3: labels unrelated to x are not learnt
+
+
+def test_probe_is_scored_on_the_held_out_split_only():
+    """Held-out labels rotated (0->1->2->0): a probe perfect on its training split scores exactly 0 there."""
+    x, y = torch.cat([b["image"] for b in TRAIN]), torch.cat([b["label"] for b in TRAIN])
+    vx, vy = torch.cat([b["image"] for b in VAL]), torch.cat([b["label"] for b in VAL])
+    assert fit_linear_probe(x, y, x, y) == 1.0
+    assert fit_linear_probe(x, y, vx, (vy + 1) % 3) == 0.0
+
+
+def test_probe_standardises_features_so_their_scale_does_not_matter():
+    """The class lives in a feature of scale 1e-4 beside noise of scale 1e3: standardised, the L2 penalty does not
+    drown it, and rescaling any feature leaves the accuracy unchanged."""
+    x, y = torch.cat([b["image"] for b in TRAIN]), torch.cat([b["label"] for b in TRAIN])
+    vx, vy = torch.cat([b["image"] for b in VAL]), torch.cat([b["label"] for b in VAL])
+    scale = torch.tensor([1e-4, 1e-4, 1e-4, 1e3, 1e3, 1e3, 1e3, 1e3])
+    assert fit_linear_probe(x * scale, y, vx * scale, vy) == fit_linear_probe(x, y, vx, vy) == 1.0
 
 
 def test_baseline_is_the_mean_over_seeded_inits_and_leaves_the_rng_alone():

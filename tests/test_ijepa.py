@@ -143,3 +143,16 @@ def test_targets_are_layer_normed_teacher_tokens_at_target_positions():
             expected = F.layer_norm(tokens[b, idx[b, j]], (8,))
             assert torch.allclose(targets[b, j], expected, atol=1e-6)
     assert torch.equal(gather_tokens(tokens, idx)[1, 2, 3], tokens[1, idx[1, 2, 3]])
+
+
+def test_block_shape_follows_area_and_height_over_width_aspect():
+    """area 0.18 x 196 patches, aspect (height / width) 2 -> 8 x 4 patches (sqrt(35.28 x 2), sqrt(35.28 / 2)); 1/2 -> 4 x 8."""
+    g = torch.Generator().manual_seed(0)
+    tall = BlockMaskSampler(14, num_targets=1, target_scale=(0.18, 0.18), target_aspect=(2.0, 2.0))
+    wide = BlockMaskSampler(14, num_targets=1, target_scale=(0.18, 0.18), target_aspect=(0.5, 0.5))
+    assert tall.block_shape(tall.target_scale, tall.target_aspect, g) == (8, 4)
+    assert wide.block_shape(wide.target_scale, wide.target_aspect, g) == (4, 8)
+    masks = tall.sample(4, g)
+    for target in masks.targets[:, 0]:
+        rows, cols = target // 14, target % 14
+        assert (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) == (8, 4) and len(target) == 32

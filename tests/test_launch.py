@@ -19,8 +19,8 @@ import torch
 
 from dist.launch import clean_env, free_port, run
 from sptrack.errors import ConfigError
+from sptrack.parallel.launch import detect, resolve_devices
 from sptrack.run.cli import main
-from sptrack.run.launch import detect, resolve_devices
 from sptrack.tune.distributed import needs_relaunch
 
 ROOT = Path(__file__).resolve().parents[1]

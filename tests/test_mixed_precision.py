@@ -136,7 +136,7 @@ def reference_fp16(target: str, inf_at: int | None, n: int = N_SAMPLES, epochs: 
 
 
 def assert_same_params(module, backbone, head) -> None:
-    for ours, ref in zip([*module.backbone.parameters(), *module.head.parameters()], [*backbone.parameters(), *head.parameters()]):
+    for ours, ref in zip([*module.backbone.parameters(), *module.head.parameters()], [*backbone.parameters(), *head.parameters()], strict=True):
         assert torch.equal(ours.detach(), ref.detach()), f"max |diff| {(ours - ref).abs().max().item():.3g}"
 
 
@@ -197,7 +197,8 @@ def test_fp16_resume_keeps_scale_windows_and_pending_grads(tmp_path):
     resumed = build("backbone", 1, head_frequency=3)
     _, trace2 = fit_fp16(resumed, n=20, max_epochs=2, ckpt_path=epoch0)
     assert trace1.scales == [INIT_SCALE / 2] * 5 and trace2.scales == [INIT_SCALE / 2] * 3
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (name_b, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert name == name_b
         assert torch.equal(a, b), f"{name} differs after resume"
     backbone, head, _, _ = reference_fp16("backbone", 1, n=20, epochs=2, head_frequency=3)
     assert_same_params(straight, backbone, head)

@@ -179,3 +179,61 @@ def test_fsdp1_is_rejected_in_setup():
     m._trainer = Stub()
     with pytest.raises(ValueError, match="strategy='fsdp2'"):
         m.setup("fit")
+
+
+def test_dry_run_of_a_recipe_shows_scheduler_arguments_and_monitor(tmp_path, capsys):
+    """A recipe's OptimizerEntry reaches the Module as it is; --dry-run shows its scheduler arguments and monitor."""
+    from pathlib import Path
+
+    from sptrack.run.cli import main
+
+    recipe = str(Path(__file__).resolve().parent / "tune_helpers" / "tiny_recipe.py")
+    argv = [recipe, "optim.head.scheduler=ReduceLROnPlateau", "optim.head.monitor=val_loss", "optim.head.interval=epoch",
+            'optim.head.scheduler_args={"patience": 2, "factor": 0.5}', 'optim.backbone.optimizer_args={"eps": 1e-6}',
+            f"trainer.output_dir={tmp_path}", "--dry-run"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def row(key):
+        return next(line for line in lines if f" {key} " in line)
+
+    assert "2" in row("optim.head.scheduler_args.patience") and "0.5" in row("optim.head.scheduler_args.factor")
+    assert "'val_loss'" in row("optim.head.monitor") and "1e-06" in row("optim.backbone.optimizer_args.eps")
+    assert any(" head " in line and "ReduceLROnPlateau on val_loss" in line and " epoch " in line for line in lines)  # the plan
+    assert not any(tmp_path.iterdir())
+
+
+def test_per_optimizer_clipping_by_norm_scales_the_whole_gradient_to_the_bound():
+    """Clip by norm 1e-3 on the head: one SGD(lr=1) step moves the head by exactly 1e-3 in total L2 norm, along
+    the unclipped gradient (a clip by value would change its direction)."""
+    optim = {
+        "backbone": {"modules": "backbone", "optimizer": {"type": "SGD", "lr": 1.0}},
+        "head": {"modules": "head", "optimizer": {"type": "SGD", "lr": 1.0}, "gradient_clip_val": 1e-3, "gradient_clip_algorithm": "norm"},
+    }
+    reference = build(optim={"optimizer": {"type": "SGD", "lr": 1.0}})
+    m = build(optim=optim)
+    m.load_state_dict(reference.state_dict())
+    batch = next(iter(loader(n=4, batch_size=4)))
+    loss = mse_forward(reference, {**batch, "batch_idx": 0}, "fit")["loss"]
+    loss.backward()
+    gradient = torch.cat([p.grad.flatten() for p in reference.head.parameters()])
+    assert gradient.norm() > 1e-2  # the bound really clips
+    before = torch.cat([p.detach().flatten() for p in m.head.parameters()]).clone()
+    trainer().fit(m, loader(n=4, batch_size=4))  # 1 step
+    moved = before - torch.cat([p.detach().flatten() for p in m.head.parameters()])
+    torch.testing.assert_close(moved.norm(), torch.tensor(1e-3), rtol=1e-3, atol=0)  # float32 differences of ~1 around 1e-3
+    torch.testing.assert_close(moved / moved.norm(), gradient / gradient.norm(), rtol=0, atol=5e-4)
+
+
+def test_lars_step_equals_the_formula_by_hand():
+    """One LARS step (no momentum): 2-D weights take lr * tc * ||w|| / ||g + wd w|| * (g + wd w); 1-D tensors plain SGD."""
+    torch.manual_seed(0)
+    w, b = torch.randn(3, 4, requires_grad=True), torch.randn(3, requires_grad=True)
+    gw, gb = torch.randn(3, 4), torch.randn(3)
+    w.grad, b.grad = gw.clone(), gb.clone()
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    sptrack.LARS([w, b], lr=0.5, momentum=0.0, weight_decay=0.1, trust_coefficient=0.02).step()
+    d = gw + 0.1 * w0
+    expected_w = w0 - 0.5 * (0.02 * w0.norm() / (d.norm() + 1e-8)) * d
+    torch.testing.assert_close(w.detach(), expected_w, rtol=0, atol=1e-7)
+    torch.testing.assert_close(b.detach(), b0 - 0.5 * gb, rtol=0, atol=1e-7)

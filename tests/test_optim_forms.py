@@ -11,7 +11,8 @@ import torch
 
 import sptrack
 from conftest import loader, make_nets, mse_forward, trainer
-from sptrack.optim import LARS, LinearWarmupCosineAnnealingLR
+from sptrack.optim import LARS, LinearWarmupCosineAnnealingLR, OptimizerEntry
+from sptrack.optim.config import entry_from_dict, parse_optim
 
 
 def build(optim, **kwargs):
@@ -79,7 +80,9 @@ def test_callable_scheduler_is_used_as_is():
         ("OneCycleLR", lambda s, n: s.total_steps == n),
         ("StepLR", lambda s, n: s.step_size == n // 3 and s.gamma == 0.1),
         ("ExponentialLR", lambda s, n: math.isclose(s.gamma ** n, 0.01)),
-        ("ReduceLROnPlateau", lambda s, n: s.mode == "min"),
+        # sptrack fills no run-length argument of a plateau scheduler (only its monitor, tested below):
+        # torch's own defaults stay, whatever the run length.
+        ("ReduceLROnPlateau", lambda s, n: (s.mode, s.factor, s.patience, s.threshold, s.cooldown) == ("min", 0.1, 10, 1e-4, 0)),
         ("LinearLR", lambda s, n: s.total_iters == n and s.start_factor == 1.0 and s.end_factor == 0.0),
         ("ConstantLR", lambda s, n: s.factor == 1.0 and s.total_iters == n),
         ("LinearWarmupCosineAnnealingLR", lambda s, n: s.total_steps == n and s.warmup_steps == n // 10),
@@ -180,7 +183,9 @@ def test_reduce_on_plateau_epoch_interval_uses_validation_metric(recording_logge
     t = trainer(max_epochs=3, logger=recording_logger, log_every_n_steps=1)
     t.fit(module, loader(n=8, batch_size=4), loader(n=8, batch_size=4, seed=1))
     assert [v for _, v in recording_logger.series("hparams/lr_default")] == pytest.approx([0.8] * 4 + [0.4] * 2)
-    assert module.optimizer_summary()[0]["lr"] == pytest.approx(0.2)
+    # The summary reports the declared lr for every scheduler (the current one is the hparams/lr_<name> series).
+    assert module.optimizer_summary()[0]["lr"] == 0.8
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.2)
 
 
 def test_reduce_on_plateau_on_a_validation_metric_without_validation_fails_before_the_first_step():
@@ -201,3 +206,79 @@ def test_reduce_on_plateau_metric_never_logged_is_an_error_naming_monitor_at_its
     with pytest.raises(sptrack.ConfigError, match=r"'val_accuracy'.*Logged metrics: \['train_loss'\]") as err:
         t.fit(module, loader(n=8, batch_size=4), loader(n=8, batch_size=4, seed=1))
     assert err.value.key == "optim.monitor"
+
+
+# ------------------------------------------------------------------ OptimizerEntry: the recipe form, the one schema
+def test_recipe_entries_are_taken_as_they_are():
+    optim = {
+        "backbone": OptimizerEntry(modules="backbone", type="SGD", lr=0.1, momentum=0.9, optimizer_args={"nesterov": True},
+                                   scheduler="CosineAnnealingLR", scheduler_args={"T_max": 100, "eta_min": 1e-4}),
+        "head": OptimizerEntry(modules="head", lr=0.02, weight_decay=0.0, optimizer_args={"eps": 1e-6}, scheduler=None, frequency=2),
+    }
+    module = build(optim)
+    trainer(max_epochs=1).fit(module, loader(n=16, batch_size=4))
+    backbone, head = module.trainer.optimizers
+    assert isinstance(backbone, torch.optim.SGD) and backbone.defaults["nesterov"] and backbone.defaults["momentum"] == 0.9
+    assert isinstance(head, torch.optim.AdamW) and head.defaults["eps"] == 1e-6
+    assert head.defaults["weight_decay"] == 0.0  # an explicit 0 is passed (None would be AdamW's 0.01)
+    sched = _scheduler_of(module, "backbone")
+    assert (sched.T_max, sched.eta_min) == (100, 1e-4)  # the recipe's arguments win over the run-length default
+    assert _scheduler_of(module, "head") is None
+    assert [r["frequency"] for r in module.optimizer_summary()] == [1, 2]
+
+
+def test_recipe_entry_with_plateau_monitor_and_scheduler_args_trains(recording_logger):
+    optim = {
+        "backbone": OptimizerEntry(modules="backbone", type="SGD", lr=0.8, scheduler="ReduceLROnPlateau", monitor="val_loss",
+                                   scheduler_args={"patience": 0, "factor": 0.5}, interval="epoch"),
+        "head": OptimizerEntry(modules="head", type="SGD", lr=0.1, scheduler=None),
+    }
+    module = build(optim, forward=val_stalled_forward)
+    t = trainer(max_epochs=3, logger=recording_logger, log_every_n_steps=1)
+    t.fit(module, loader(n=8, batch_size=4), loader(n=8, batch_size=4, seed=1))
+    sched = _scheduler_of(module, "backbone")
+    assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and sched.patience == 0 and sched.factor == 0.5
+    assert [v for _, v in recording_logger.series("hparams/lr_backbone")] == pytest.approx([0.8] * 4 + [0.4] * 2)
+    row = module.optimizer_summary()[0]
+    assert (row["scheduler"], row["monitor"], row["interval"]) == ("ReduceLROnPlateau", "val_loss", "epoch")
+
+
+def test_dict_and_entry_forms_resolve_to_the_same_config():
+    as_dict = {
+        "backbone": {"modules": "backbone", "optimizer": {"type": "SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+                     "scheduler": {"type": "ReduceLROnPlateau", "patience": 2, "monitor": "train_loss"}, "interval": "epoch"},
+        "head": {"modules": "head", "optimizer": {"type": "AdamW", "lr": 0.01, "betas": (0.9, 0.95)}, "frequency": 2,
+                 "gradient_clip_val": 1.0, "gradient_clip_algorithm": "value"},
+    }
+    as_entries = {
+        "backbone": OptimizerEntry(modules="backbone", type="SGD", lr=0.1, momentum=0.9, optimizer_args={"nesterov": True},
+                                   scheduler="ReduceLROnPlateau", scheduler_args={"patience": 2}, monitor="train_loss", interval="epoch"),
+        "head": OptimizerEntry(modules="head", type="AdamW", lr=0.01, betas=(0.9, 0.95), scheduler=None, frequency=2,
+                               gradient_clip_val=1.0, gradient_clip_algorithm="value"),
+    }
+    fields = ("name", "modules", "optimizer", "scheduler", "interval", "frequency", "monitor", "gradient_clip_val", "gradient_clip_algorithm")
+    a, b = parse_optim(as_dict), parse_optim(as_entries)
+    assert [[getattr(c, f) for f in fields] for c in a] == [[getattr(c, f) for f in fields] for c in b]
+    # The dict form is parsed into the same shape; what it leaves out is left to the classes.
+    entry, keys = entry_from_dict(as_dict["backbone"], "optim.backbone")
+    assert entry == as_entries["backbone"]
+    assert keys["lr"] == "optim.backbone.optimizer.lr" and keys["scheduler_args.patience"] == "optim.backbone.scheduler.patience"
+    bare, _ = entry_from_dict({"optimizer": "LARS"}, "optim")
+    assert (bare.type, bare.lr, bare.weight_decay, bare.scheduler) == ("LARS", None, None, None)
+
+
+def test_a_single_entry_is_the_single_form():
+    module = build(OptimizerEntry(type="SGD", lr=0.05, scheduler=None))
+    trainer(max_epochs=1, limit_train_batches=2).fit(module, loader())
+    (row,) = module.optimizer_summary()
+    assert (row["name"], row["class"], row["lr"], row["modules"]) == ("default", "SGD", 0.05, "<all>")
+    assert row["num_params"] == sum(p.numel() for p in module.parameters())
+
+
+def test_warmup_fraction_is_the_warmup_schedulers_argument():
+    optim = {"backbone": OptimizerEntry(modules="backbone", type="SGD", lr=0.1, warmup_fraction=0.5),
+             "head": OptimizerEntry(modules="head", type="SGD", lr=0.1, warmup_fraction=0.5, scheduler="CosineAnnealingLR")}
+    module = build(optim)
+    trainer(max_epochs=1).fit(module, loader(n=40, batch_size=4))
+    assert _scheduler_of(module, "backbone").warmup_steps == 5  # 0.5 x 10 steps
+    assert _scheduler_of(module, "head").T_max == 10  # other schedulers ignore it

@@ -6,14 +6,14 @@ import math
 import re
 import sys
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from dist.launch import run
+from sptrack.recipe.config import apply_overrides
+from sptrack.recipe.loading import load_recipe
 from sptrack.run.cli import main
-from sptrack.run.config import apply_overrides
-from sptrack.run.recipe import load_recipe
-from sptrack.run.train import train
 
 COMMON = ["data.dataset=synthetic", "data.subset=64", "data.batch_size=32", "data.val_batch_size=250",
           "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
@@ -41,15 +41,60 @@ def test_recipe_runs_one_epoch_end_to_end(name, tmp_path, capsys):
         assert ckpt["state_dict"]["teacher.num_updates"].item() == 2
 
 
+#: What each recipe's encoder optimizer trains (its state-dict prefix), and its EMA teacher's, if any.
+ENCODER = {"ijepa": ("encoder.", "teacher.module."), "lejepa": ("encoder.backbone.", None)}
+
+
+class Snapshots(pl.Callback):
+    """The Module's weights after each training batch (after the recipe's own callbacks, e.g. the EMA update)."""
+
+    def __init__(self):
+        self.after_step = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after_step.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_recipe_trains_with_a_finite_loss_and_moves_the_encoder(name, tmp_path):
+    """Every encoder weight moves; the I-JEPA teacher is exactly the EMA of the encoder at each step."""
+    from sptrack.callbacks.ema import cosine_momentum
+    from sptrack.module.trainer import Trainer
+    from sptrack.recipe.trainer_args import trainer_kwargs
+
     recipe = load_recipe(f"recipes/{name}.py")
     cfg = recipe.default_config()
-    apply_overrides(cfg, [*TINY[name], f"trainer.output_dir={tmp_path}"])
-    results = train(recipe, cfg)
-    assert math.isfinite(results["train/loss"]) and results["global_step"] == 2
-    assert 0.0 <= results["linear_probe_acc"] <= 1.0 and 0.0 <= results["random_init_linear_probe_acc"] <= 1.0
-    assert {"eval/knn_acc", "eval/probe_acc", "eval/rankme"} <= set(results)
+    apply_overrides(cfg, [*TINY[name], f"trainer.output_dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=1"])
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    experiment = recipe.build_experiment(cfg)
+    initial = {k: v.detach().clone() for k, v in experiment.module.state_dict().items()}
+    snapshots = Snapshots()
+    trainer = Trainer(**trainer_kwargs(cfg), callbacks=[*experiment.callbacks, snapshots], logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader)
+    assert trainer.global_step == 2 and len(snapshots.after_step) == 2
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    student, teacher = ENCODER[name]
+    weights = [k for k, v in initial.items() if k.startswith(student) and v.is_floating_point()]
+    assert len(weights) > 4
+    final = snapshots.after_step[-1]
+    unmoved = [k for k in weights if torch.equal(final[k], initial[k])]
+    assert not unmoved, f"{len(unmoved)} of {len(weights)} encoder tensors did not change: {unmoved[:4]}"
+    if teacher is None:
+        return
+    ema = experiment.module.teacher
+    pairs = [(teacher + k[len(student):], k) for k in weights if teacher + k[len(student):] in initial
+             and dict(experiment.module.named_parameters()).get(teacher + k[len(student):]) is not None]
+    assert len(pairs) > 4
+    previous = initial
+    for step, now in enumerate(snapshots.after_step):
+        m = cosine_momentum(step, 2, ema.base, ema.final)
+        for t_key, s_key in pairs:
+            expected = m * previous[t_key] + (1 - m) * now[s_key]
+            torch.testing.assert_close(now[t_key], expected, rtol=0, atol=1e-6, msg=f"{t_key} at step {step}")
+        assert not torch.equal(now[pairs[0][0]], now[pairs[0][1]])  # the teacher is not a copy of the student
+        previous = now
+    assert int(final["teacher.num_updates"]) == 2
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -60,9 +105,21 @@ def test_recipe_dry_run_lists_its_named_optimizers(name, tmp_path, capsys):
 
 
 def test_ijepa_runs_under_fsdp2_with_two_processes(tmp_path):
-    """The EMA teacher's inner ViT and the encoder's forward_tokens entry point are gathered by FSDP2."""
+    """The EMA teacher's inner ViT and the encoder's forward_tokens entry point are gathered by FSDP2: two
+    processes train one job (2 steps of 2 x 16 images), one tracked run, one sharded checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
     output = run([sys.executable, "-m", "sptrack.run", "recipes/ijepa.py", *TINY["ijepa"], "data.batch_size=16",
-                  f"trainer.output_dir={tmp_path}", "--devices", "2", "--strategy", "fsdp2"], timeout=240)
-    assert "sptrack ijepa: results" in output and "linear_probe_acc" in output
+                  f"trainer.output_dir={tmp_path}", "--devices", "2", "--strategy", "fsdp2", "--tracker", "mlflow",
+                  f"tracker.uri={store}"], timeout=240)
+    assert output.count("sptrack ijepa: results") == 1
     assert re.search(r"global_step\s*│\s*2\s*│", output)
     assert (tmp_path / "ijepa" / "version_0" / "checkpoints" / "last.ckpt").is_dir()  # a sharded (distributed) checkpoint
+    assert [p.name for p in (tmp_path / "ijepa").iterdir()] == ["version_0"]
+    client = MlflowClient(store)
+    (tracked,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert tracked.info.status == "FINISHED" and tracked.data.params["trainer/world_size"] == "2"
+    assert [p.step for p in client.get_metric_history(tracked.info.run_id, "train/loss")] == [0, 1]
+    assert [p.step for p in client.get_metric_history(tracked.info.run_id, "hparams/momentum_teacher")] == [0, 1]
+    assert 0.0 <= tracked.data.metrics["final/linear_probe_acc"] <= 1.0

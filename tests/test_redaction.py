@@ -160,7 +160,7 @@ from dataclasses import dataclass, field
 
 import wandb
 
-from sptrack.run.config import RecipeConfig
+from sptrack.recipe.config import RecipeConfig
 
 os.environ["WANDB_API_KEY"] = "wandb-local-0123456789"
 os.environ.setdefault("HF_TOKEN", 'hf_AbCdEf012345')

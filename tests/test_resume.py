@@ -57,13 +57,15 @@ def test_resume_from_epoch_checkpoint_is_exact(tmp_path, accumulate):
     t2.fit(resumed, data(), ckpt_path=epoch1[0])
 
     assert t2.global_step == t1.global_step == 10 // accumulate
-    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+    for (name, a), (name_b, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert name == name_b
         assert torch.equal(a, b), f"{name} differs after resume"
-    for opt_a, opt_b in zip(t1.optimizers, t2.optimizers):
-        for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
+    for opt_a, opt_b in zip(t1.optimizers, t2.optimizers, strict=True):
+        for sa, sb in zip(opt_a.state.values(), opt_b.state.values(), strict=True):
+            assert sa.keys() == sb.keys()
             for key in sa:
                 assert torch.equal(torch.as_tensor(sa[key]), torch.as_tensor(sb[key])), key
-    for s_a, s_b in zip(t1.lr_scheduler_configs, t2.lr_scheduler_configs):
+    for s_a, s_b in zip(t1.lr_scheduler_configs, t2.lr_scheduler_configs, strict=True):
         assert s_a.scheduler.state_dict() == s_b.scheduler.state_dict()
     assert straight.head.calls.item() == resumed.head.calls.item() == 10
 

@@ -12,9 +12,9 @@ from typing import Literal
 import pytest
 
 from sptrack.errors import ConfigError
+from sptrack.recipe.config import OptimizerEntry, RecipeConfig, apply_overrides, flatten, parse_literal
+from sptrack.recipe.loading import load_recipe
 from sptrack.run.cli import main
-from sptrack.run.config import OptimizerEntry, RecipeConfig, apply_overrides, flatten, parse_literal
-from sptrack.run.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_override_errors_name_the_key(override, key, fragment):
 RECIPE = textwrap.dedent('''
     """A toy recipe for CLI tests."""
     from dataclasses import dataclass, field
-    from sptrack.run.config import RecipeConfig
+    from sptrack.recipe.config import RecipeConfig
 
     @dataclass
     class Model:
@@ -120,6 +120,6 @@ def test_help_is_fast_and_lists_recipes():
     """--help must not import torch (its start-up time is measured in bench/)."""
     code = "import sys; from sptrack.run.cli import main; main(['--help']); print('TORCH', 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    listed = out.stdout.split("recipes:", 1)[1]
+    listed = out.stdout.split("recipes (by name, or any recipe file's path):", 1)[1]
     assert "recipes/dino.py" in listed
     assert "TORCH False" in out.stdout

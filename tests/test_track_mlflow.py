@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sptrack.track import TrackerError, TrackerLogger, TrackerUnreachableError, tracker_callbacks
-from sptrack.track.mlflow_tracker import MLflowTracker, resolve_tracking_uri
+from sptrack.track.mlflow import MLflowTracker, resolve_tracking_uri
 from track_helpers.common import (
     BACKBONE_CLIP,
     CONFIG,
@@ -78,6 +78,13 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     steps = [s for s, _ in points]
     assert len(steps) == len(set(steps)), f"{key}: duplicate steps {steps}"
     return points
+
+
+def _one_name(params: dict, name: str, field: str) -> str:
+    """The value of optimizer ``name``'s ``field``, asserting that exactly one param holds it."""
+    keys = [k for k in (f"optim.{name}.{field}", f"optim.{name}.optimizer.{field}") if k in params]
+    assert len(keys) == 1, f"{name}.{field} is logged as {keys}"
+    return params[keys[0]]
 
 
 def _tracker(mlflow_server, experiment, tmp_path, **kwargs) -> MLflowTracker:
@@ -150,10 +157,10 @@ def test_two_optimizer_run_is_fully_tracked(mlflow_server, experiment, tmp_path)
     assert json.loads(_artifact(client, run_id, "params/long_keys.json", tmp_path)) == {short[0]: f"deep.{long_key}"}
     assert params["trainer/world_size"] == "1" and params["trainer/strategy"] == "SingleDeviceStrategy"
 
-    # Per-optimizer summary as optim/<name>/<field> params ...
-    for name in ("backbone", "head"):
-        fields = {k.split("/", 2)[2] for k in params if k.startswith(f"optim/{name}/")}
-        assert fields == OPTIM_FIELDS, name
+    # One name per optimizer setting, in the config's scheme: the config's own keys (CONFIG is in
+    # Module(optim=...)'s form: lr and weight_decay inside `optimizer`), and for what it lacks, the
+    # optimizer summary's optim.<name>.<field> params.
+    assert not [k for k in params if k.startswith("optim/")], "the old optim/<name>/<field> names are back"
     expected = {
         "backbone": {"index": "0", "class": "SGD", "lr": "0.1", "weight_decay": "0.0", "modules": "backbone",
                      "matched_modules": '["backbone"]', "num_params": str(num_params(module.backbone)),
@@ -165,7 +172,11 @@ def test_two_optimizer_run_is_fully_tracked(mlflow_server, experiment, tmp_path)
                  "gradient_clip_val": str(TRAINER_CLIP), "gradient_clip_algorithm": "value"},
     }
     for name, fields in expected.items():
-        assert {f: params[f"optim/{name}/{f}"] for f in fields} == fields, name
+        assert set(fields) == OPTIM_FIELDS
+        assert {f: _one_name(params, name, f) for f in fields} == fields, name
+    assert params["optim.backbone.optimizer.lr"] == "0.1" and "optim.backbone.lr" not in params  # the config's
+    assert params["optim.head.scheduler.type"] == "CosineAnnealingLR" and params["optim.head.scheduler"] == "CosineAnnealingLR"
+    assert params["optim.head.gradient_clip_val"] == str(TRAINER_CLIP)  # the config has none: the Trainer's, from the summary
     # ... and as a table artifact (JSON and CSV).
     table = json.loads(_artifact(client, run_id, "optim/summary.json", tmp_path))
     rows = {row[table["columns"].index("name")]: dict(zip(table["columns"], row)) for row in table["data"]}
@@ -185,8 +196,10 @@ def test_two_optimizer_run_is_fully_tracked(mlflow_server, experiment, tmp_path)
     import mlflow
 
     assert env["key_packages"]["mlflow"] == mlflow.__version__ and env["key_packages"]["torch"] == torch.__version__
+    import sptrack
+
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    if head.returncode == 0:
+    if head.returncode == 0 and Path(sptrack.__file__).resolve().is_relative_to(ROOT):  # not for an installed copy
         commits = {g["commit"] for g in (env["git"], env["sptrack_git"]) if g}
         assert head.stdout.strip() in commits
 
@@ -205,7 +218,7 @@ def test_two_optimizer_run_is_fully_tracked(mlflow_server, experiment, tmp_path)
     finally:
         mlflow.set_tracking_uri(previous)
     assert list(frame["run_id"]) == [run_id] and list(frame["status"]) == ["FINISHED"]
-    assert frame["params.optim/head/class"][0] == "AdamW"
+    assert frame["params.optim.head.class"][0] == "AdamW"
 
 
 def test_failing_run_is_marked_failed_with_its_points(mlflow_server, experiment, tmp_path):
@@ -333,7 +346,7 @@ def test_two_processes_make_one_run_and_resume_it(mlflow_server, experiment, tmp
     _assert_lr_history(client, run_id, expected)
     assert [s for s, _ in _history(client, run_id, "train_loss")] == list(range(10))
     assert run.data.params["trainer/world_size"] == "2" and run.data.params["trainer/strategy"] == strategy_class
-    assert run.data.params["optim/head/frequency"] == "2"
+    assert run.data.params["optim.head.frequency"] == "2" and run.data.params["optim.head.class"] == "AdamW"
 
 
 # ---------------------------------------------------------------------------------------- outages
@@ -432,3 +445,55 @@ def test_file_store_uris_are_refused_or_mapped_to_sqlite(tmp_path, monkeypatch):
     assert resolve_tracking_uri(None, str(tmp_path)) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert resolve_tracking_uri(None, str(tmp_path)) == "http://env:5000"
+
+
+# ---------------------------------------------------------------------------------------- experiments (SQLite store)
+def test_experiments_are_tagged_as_model_training(tmp_path):
+    """MLflow 3's UI shows an experiment as model training by its mlflow.experimentKind tag."""
+    from sptrack.track.mlflow.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+
+    assert (EXPERIMENT_KIND_TAG, MODEL_TRAINING) == ("mlflow.experimentKind", "custom_model_development")
+    uri = f"sqlite:///{tmp_path}/kinds.db"
+    client = _client(uri)
+    client.create_experiment("untagged", artifact_location=(tmp_path / "untagged").as_uri())  # made by someone else
+    client.create_experiment("genai", artifact_location=(tmp_path / "genai").as_uri(), tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    for name in ("new", "untagged", "genai"):
+        tracker = MLflowTracker(tracking_uri=uri, experiment=name, system_metrics=False, work_dir=str(tmp_path), flush_interval_s=0.1)
+        assert tracker.tracking_uri == uri and tracker.experiment_id is None
+        run_id = tracker.start()
+        experiment = client.get_experiment_by_name(name)
+        assert tracker.experiment_id == experiment.experiment_id == client.get_run(run_id).info.experiment_id
+        tracker.finish()
+    kinds = {name: client.get_experiment_by_name(name).tags.get(EXPERIMENT_KIND_TAG) for name in ("new", "untagged", "genai")}
+    assert kinds == {"new": MODEL_TRAINING, "untagged": MODEL_TRAINING, "genai": "genai_development"}  # a chosen kind stays
+    assert client.get_experiment_by_name("new").artifact_location == (tmp_path / "mlartifacts" / "new").as_uri()
+    # Read-only: the CLI prints <ui>/#/experiments/<experiment_id>/runs/<run_id> from them.
+    with pytest.raises(AttributeError):
+        tracker.experiment_id = "0"
+    with pytest.raises(AttributeError):
+        tracker.tracking_uri = "sqlite:///elsewhere.db"
+
+
+def test_a_resumed_run_continues_each_metric_after_its_own_last_step(tmp_path):
+    """The resume floors come from the run's latest points (public API), one per metric."""
+    from sptrack.track.mlflow.runs import last_steps
+
+    uri = f"sqlite:///{tmp_path}/resume.db"
+    options = dict(tracking_uri=uri, experiment="resume", system_metrics=False, work_dir=str(tmp_path), flush_interval_s=0.1)
+    first = MLflowTracker(**options)
+    run_id = first.start()
+    first.log_metrics({"a": 1.0, "b": 1.0}, step=5)
+    first.log_metrics({"a": 2.0}, step=9)
+    first.log_metrics({"b": 0.5}, step=2)  # an earlier step logged later: b's last step stays 5
+    first.finish()
+    client = _client(uri)
+    assert last_steps(client, client.get_run(run_id)) == {"a": 9, "b": 5}
+
+    second = MLflowTracker(run_id=run_id, **options)
+    assert second.start() == run_id and second.resumed and second.experiment_id == first.experiment_id
+    second.log_metrics({"a": 3.0, "b": 3.0}, step=5)  # a: already there; b: at its last step, dropped
+    second.log_metrics({"a": 4.0, "b": 4.0}, step=10)
+    second.finish()
+    assert _history(client, run_id, "a") == [(5, 1.0), (9, 2.0), (10, 4.0)]
+    assert _history(client, run_id, "b") == [(2, 0.5), (5, 1.0), (10, 4.0)]
+    assert client.get_run(run_id).info.status == "FINISHED"

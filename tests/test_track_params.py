@@ -140,21 +140,39 @@ def test_redact_argv():
     ]
 
 
-def test_summary_params_name_every_field_per_optimizer():
+def test_summary_params_use_the_config_scheme_and_leave_out_what_the_config_holds():
     rows = [
-        {"index": 0, "name": "backbone", "class": "LARS", "lr": 0.3, "matched_modules": ["backbone", "neck"], "scheduler": None},
-        {"index": 1, "name": "head", "class": "AdamW", "lr": 1e-3, "matched_modules": ["head"], "scheduler": "LinearLR"},
+        {"index": 0, "name": "backbone", "class": "LARS", "lr": 0.3, "weight_decay": 0.0, "matched_modules": ["backbone", "neck"],
+         "scheduler": None},
+        {"index": 1, "name": "head", "class": "AdamW", "lr": 1e-3, "weight_decay": 0.05, "matched_modules": ["head"],
+         "scheduler": "LinearLR"},
     ]
     assert summary_params(rows) == {
-        "optim/backbone/index": 0, "optim/backbone/class": "LARS", "optim/backbone/lr": 0.3,
-        "optim/backbone/matched_modules": '["backbone","neck"]', "optim/backbone/scheduler": None,
-        "optim/head/index": 1, "optim/head/class": "AdamW", "optim/head/lr": 1e-3,
-        "optim/head/matched_modules": '["head"]', "optim/head/scheduler": "LinearLR",
+        "optim.backbone.index": 0, "optim.backbone.class": "LARS", "optim.backbone.lr": 0.3, "optim.backbone.weight_decay": 0.0,
+        "optim.backbone.matched_modules": '["backbone","neck"]', "optim.backbone.scheduler": None,
+        "optim.head.index": 1, "optim.head.class": "AdamW", "optim.head.lr": 1e-3, "optim.head.weight_decay": 0.05,
+        "optim.head.matched_modules": '["head"]', "optim.head.scheduler": "LinearLR",
+    }
+    # What the flattened config holds keeps its one name: the recipe form (optim.<name>.<field>) and the
+    # optimizer's own arguments in Module(optim=...)'s form (optim.<name>.optimizer.lr).
+    config = flatten({"optim": {
+        "backbone": {"modules": "backbone", "type": "LARS", "lr": 0.3, "scheduler": None},
+        "head": {"modules": "head", "optimizer": {"type": "AdamW", "lr": 1e-3, "weight_decay": 0.05}},
+    }})
+    assert summary_params(rows, config_keys=config) == {
+        "optim.backbone.index": 0, "optim.backbone.class": "LARS", "optim.backbone.weight_decay": 0.0,
+        "optim.backbone.matched_modules": '["backbone","neck"]', "optim.head.index": 1, "optim.head.class": "AdamW", "optim.head.matched_modules": '["head"]',
+        "optim.head.scheduler": "LinearLR",
+    }
+    # The single-optimizer form: optim.optimizer.lr / optim.frequency belong to the optimizer named "default".
+    single = [{"index": 0, "name": "default", "class": "SGD", "lr": 0.1, "frequency": 1, "num_params": 7}]
+    assert summary_params(single, config_keys=flatten({"optim": {"optimizer": {"type": "SGD", "lr": 0.1}, "frequency": 1}})) == {
+        "optim.default.index": 0, "optim.default.class": "SGD", "optim.default.num_params": 7,
     }
 
 
 def test_mlflow_batches_respect_the_limits():
-    from sptrack.track.mlflow_spill import _take_chunk
+    from sptrack.track.mlflow.records import take_chunk
 
     ops = collections.deque({"t": "m", "k": "a", "v": 1.0, "ts": 0, "s": i} for i in range(2500))
     ops.extend({"t": "p", "k": f"p{i}", "v": "x"} for i in range(150))
@@ -163,7 +181,7 @@ def test_mlflow_batches_respect_the_limits():
     ops.append({"t": "m", "k": "b", "v": 1.0, "ts": 0, "s": 0})
     sizes = []
     while ops:
-        chunk = _take_chunk(ops)
+        chunk = take_chunk(ops)
         sizes.append((chunk[0]["t"], len(chunk)))
     # 2500 metrics -> 1000 + 1000 + (500 metrics + 100 params: 1000 entities at most, 100 params at most)
     assert sizes == [("m", 1000), ("m", 1000), ("m", 600), ("p", 50), ("p", 1), ("text", 1), ("m", 1)]

@@ -69,7 +69,7 @@ def test_offline_run_file_holds_config_table_and_lr_history(tmp_path):
 
     run = _only_run(tmp_path / "out", tracker.run_id)
     assert run.run_id == tracker.run_id
-    # Config: dotted keys, secrets masked, and the per-optimizer summary as optim/<name>/<field>.
+    # Config: dotted keys, secrets masked, and what the config lacks of the optimizer summary as optim.<name>.<field>.
     config = run.config
     assert config["model.hidden"] == 16 and config["optim.head.optimizer.weight_decay"] == 0.05
     assert config["data.augment"] == '["flip","crop"]'
@@ -85,9 +85,15 @@ def test_offline_run_file_holds_config_table_and_lr_history(tmp_path):
                  "scheduler": "CosineAnnealingLR", "interval": "step", "monitor": None,
                  "gradient_clip_val": TRAINER_CLIP, "gradient_clip_algorithm": "value"},
     }
+    assert not [k for k in config if k.startswith("optim/")]
     for name, fields in expected.items():
-        logged = {k.split("/", 2)[2]: v for k, v in config.items() if k.startswith(f"optim/{name}/")}
+        logged = {}
+        for f in fields:  # each setting under one name: the config's (optim.<name>[.optimizer].<field>) or the summary's
+            keys = [k for k in (f"optim.{name}.{f}", f"optim.{name}.optimizer.{f}") if k in config]
+            assert len(keys) == 1, (name, f, keys)
+            logged[f] = config[keys[0]]
         assert logged == fields, name
+    assert config["optim.head.class"] == "AdamW" and "optim.head.lr" not in config  # lr: the config's optim.head.optimizer.lr
 
     # hparams/lr_<name>: the optimizers' own lrs at their steps, on the trainer/global_step axis.
     for name in ("backbone", "head"):

@@ -8,8 +8,8 @@ import optuna
 import pytest
 
 from sptrack.errors import ConfigError
+from sptrack.recipe.loading import load_recipe
 from sptrack.run.cli import main
-from sptrack.run.recipe import load_recipe
 from sptrack.track.redact import redact_value
 from sptrack.tune.options import SweepOptions
 from sptrack.tune.space import SearchSpace

@@ -94,10 +94,27 @@ def _wandb(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What each sub-command needs from the ``[dashboard]`` extra (pyproject.toml), by import name.
+NEEDS = {"report": ("plotly",), "wandb": ("wandb_workspaces",), "optuna": ("optuna_dashboard",), "screenshot": ("websocket",)}
+
+
+def require_extra(command: str) -> None:
+    """Raise a ConfigError naming ``pip install 'sptrack[dashboard]'`` when a package ``command`` needs is missing."""
+    import importlib
+
+    for name in NEEDS.get(command, ()):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise ConfigError(command, f"needs the package {name!r}, which is not installed.",
+                              "Install the dashboard extra: pip install 'sptrack[dashboard]'.") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one sub-command; a bad option is one line on stderr and exit code 2."""
     args = _parser().parse_args(argv)
     try:
+        require_extra(args.command)
         if args.command == "report":
             from sptrack.dashboard.report import build_report
 

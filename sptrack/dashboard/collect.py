@@ -28,7 +28,7 @@ class RunSummary:
     trial_number: Optional[int] = None
     trial_state: Optional[str] = None
     params: dict[str, Any] = field(default_factory=dict)  # the sampled parameters (sptrack.param.* tags)
-    optimizers: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> optim/<name>/<field> params
+    optimizers: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> field -> the optim.<name>.<field> param
     final: dict[str, float] = field(default_factory=dict)  # the run's last value of each metric
 
     @property
@@ -104,13 +104,36 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
+def optimizer_settings(params: dict[str, str], metric_keys: Sequence[str] = ()) -> dict[str, dict[str, str]]:
+    """``{optimizer: {field: value}}`` of :data:`layout.OPTIMIZER_FIELDS` from a run's params.
+
+    The optimizers are the ones with an ``optim.<name>.class`` param (the optimizer summary) or an
+    ``hparams/lr_<name>`` metric. A field is ``optim.<name>.<field>`` (the recipe's own keys and the
+    summary's), else ``optim.<name>.optimizer.<field>`` (``Module(optim=...)``'s form, for lr and
+    weight_decay), else, for runs tracked before the one naming scheme, ``optim/<name>/<field>``.
+    """
+    names = {k[len("optim."):-len(".class")] for k in params if k.startswith("optim.") and k.endswith(".class")}
+    names |= {layout.optimizer_name(k) for k in layout.lr_keys(metric_keys)}
+    for key in params:  # older runs
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "optim":
+            names.add(parts[1])
+    out: dict[str, dict[str, str]] = {}
+    for name in sorted(names):
+        fields = {}
+        for f in layout.OPTIMIZER_FIELDS:
+            for key in (f"optim.{name}.{f}", f"optim.{name}.optimizer.{f}", f"optim/{name}/{f}"):
+                if key in params:
+                    fields[f] = params[key]
+                    break
+        if fields:
+            out[name] = fields
+    return out
+
+
 def _summarize(run: Any) -> RunSummary:
     tags, params = run.data.tags, run.data.params
-    optimizers: dict[str, dict[str, str]] = {}
-    for key, value in params.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "optim" and parts[2] in layout.OPTIMIZER_FIELDS:
-            optimizers.setdefault(parts[1], {})[parts[2]] = value
+    optimizers = optimizer_settings(params, list(run.data.metrics))
     number = tags.get(layout.TAG_TRIAL)
     return RunSummary(
         run_id=run.info.run_id, name=run.info.run_name or run.info.run_id[:8], status=run.info.status,
@@ -118,7 +141,7 @@ def _summarize(run: Any) -> RunSummary:
         trial_number=int(number) if number is not None and number.isdigit() else None,
         trial_state=tags.get(layout.TAG_STATE),
         params={k[len(layout.TAG_PARAM):]: _parse(v) for k, v in sorted(tags.items()) if k.startswith(layout.TAG_PARAM)},
-        optimizers={name: optimizers[name] for name in sorted(optimizers)},
+        optimizers=optimizers,
         final=dict(sorted(run.data.metrics.items())),
     )
 

@@ -24,7 +24,7 @@ TAG_TRIAL = "sptrack.trial_number"
 TAG_STATE = "sptrack.trial_state"
 TAG_PARAM = "sptrack.param."
 TAG_ROLE = "sptrack.role"
-#: Per-optimizer settings shown in the run table, read from the ``optim/<name>/<field>`` params.
+#: Per-optimizer settings shown in the run table, read from the ``optim.<name>.<field>`` params.
 OPTIMIZER_FIELDS = ("class", "lr", "weight_decay", "frequency", "scheduler", "interval", "gradient_clip_val", "num_params")
 
 

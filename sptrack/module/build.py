@@ -1,4 +1,4 @@
-"""Build the optimizer slots of a Module: assign parameters, create optimizers and schedulers."""
+"""Build the optimizer slots of a Module from its parameter assignment: create optimizers and schedulers."""
 
 from __future__ import annotations
 
@@ -11,23 +11,24 @@ from torch import nn
 from sptrack.errors import ConfigError
 from sptrack.module.run_length import scheduler_run_length
 from sptrack.module.slots import OptimizerSlot
-from sptrack.optim.assign import assign_parameters
+from sptrack.optim.assign import Assignment
 from sptrack.optim.config import OptimizerConfig
 from sptrack.optim.schedulers import build_scheduler
 
 
 def _slot(config: OptimizerConfig, index: int, named: list, matched: list, trainer, accumulate: int, with_schedulers: bool) -> OptimizerSlot:
     if not named:
-        raise ConfigError(f"{config.key}.modules", f"matches modules {matched} that own no trainable parameters.")
+        raise ConfigError(config.key_of("modules"), f"matches modules {matched} that own no trainable parameters.")
     params = [p for _, p in named]
     try:
         optimizer = config.optimizer.build(params)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{config.key}.optimizer", f"building {config.optimizer.name} failed: {err}") from err
+        raise ConfigError(config.key_of("optimizer"), f"building {config.optimizer.name} failed: {err}") from err
+    declared_lr = float(optimizer.param_groups[0]["lr"])
     scheduler = None
     if config.scheduler is not None and with_schedulers:
         length = scheduler_run_length(trainer, accumulate, config.interval, config.frequency) if trainer else None
-        scheduler = build_scheduler(config.scheduler, optimizer, length, f"{config.key}.scheduler")
+        scheduler = build_scheduler(config.scheduler, optimizer, length, config.key_of("scheduler"))
     return OptimizerSlot(
         config=config,
         index=index,
@@ -38,6 +39,7 @@ def _slot(config: OptimizerConfig, index: int, named: list, matched: list, train
         clip_val=config.gradient_clip_val,
         clip_algorithm=config.gradient_clip_algorithm,
         params=params,
+        declared_lr=declared_lr,
     )
 
 
@@ -45,19 +47,21 @@ def build_slots(
     root: nn.Module,
     configs: Sequence[OptimizerConfig],
     callback_configs: Sequence[tuple[OptimizerConfig, str]],
-    exclude: Sequence[str],
+    assignment: Assignment,
     trainer: "pl.Trainer",
     accumulate: int,
     strict: bool,
     with_schedulers: bool = True,
 ) -> list[OptimizerSlot]:
-    """One slot per main optimizer (regex-assigned), then one per callback module's optimizer.
+    """One slot per main optimizer (owning its parameters of ``assignment``), then one per callback
+    module's optimizer.
 
-    ``callback_configs`` pairs a config with the qualified name of the callback module it trains;
-    such optimizers own exactly that module's trainable parameters. ``with_schedulers=False``
-    builds optimizers only (for a plan printed before any Trainer exists).
+    ``assignment`` is the regex assignment of ``configs`` on ``root``'s current parameters (see
+    :meth:`sptrack.Module.parameter_assignment`); ``callback_configs`` pairs a config with the
+    qualified name of the callback module it trains, and such optimizers own exactly that module's
+    trainable parameters. ``with_schedulers=False`` builds optimizers only (for a plan printed
+    before any Trainer exists).
     """
-    assignment = assign_parameters(root, configs, exclude=exclude)
     if assignment.unassigned:
         listed = ", ".join(assignment.unassigned[:20]) + (" ..." if len(assignment.unassigned) > 20 else "")
         message = (

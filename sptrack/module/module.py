@@ -24,8 +24,9 @@ from sptrack.module.slots import OptimizerSlot, render_summary
 from sptrack.module.step_state import StepState
 from sptrack.module.trainer import Trainer
 from sptrack.module.transforms import GpuTransformCache
-from sptrack.optim.assign import assign_parameters
+from sptrack.optim.assign import Assignment, assign_parameters
 from sptrack.optim.config import OptimizerConfig, parse_entry, parse_optim
+from sptrack.optim.entry import OptimizerEntry
 from sptrack.optim.schedulers import is_plateau
 from sptrack.parallel.fsdp2 import default_parallelize_fn, is_sharded, reject_fsdp1
 
@@ -68,7 +69,9 @@ class Module(pl.LightningModule):
         parallelize_fn: ``fn(module, device_mesh)`` applied under FSDP2 (default: shard every
             parameter-owning child except callback modules, then the root).
         strict: raise instead of warning when trainable parameters belong to no optimizer.
-        **modules_and_attrs: submodules and attributes, including ``optim``.
+        **modules_and_attrs: submodules and attributes, including ``optim``: ``{name: entry}``, each
+            entry an :class:`~sptrack.optim.entry.OptimizerEntry` (what recipes write) or a dict of
+            the dict form, or the single form (see :func:`sptrack.optim.config.parse_optim`).
     """
 
     def __init__(
@@ -95,8 +98,8 @@ class Module(pl.LightningModule):
         if hparams is not None:
             self.save_hyperparameters(dict(hparams))
         self._optim_configs = parse_optim(self.optim)
-        # Fail on a bad pattern now rather than after the Trainer has started.
-        assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
+        # Assigned now, so a bad pattern fails before any Trainer exists; fit reuses it (see parameter_assignment).
+        self._assignment: Optional[Assignment] = assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
         self._callback_optim: list[tuple[OptimizerConfig, str]] = []
         self._objectives: dict[str, Callable] = {}
         self._steps = StepState()
@@ -163,7 +166,7 @@ class Module(pl.LightningModule):
         for config in [*self._optim_configs, *(c for c, _ in self._callback_optim)]:
             monitor = config.monitor
             if is_plateau(config.scheduler) and monitor is not None and monitor.startswith(("val", "eval")):
-                raise ConfigError(f"{config.key}.monitor", f"ReduceLROnPlateau watches {monitor!r}, but this fit runs no validation loop.",
+                raise ConfigError(config.key_of("monitor"), f"ReduceLROnPlateau watches {monitor!r}, but this fit runs no validation loop.",
                                   "Give fit a val dataloader (and keep limit_val_batches > 0), or monitor a metric the training step logs.")
 
     def teardown(self, stage: str) -> None:
@@ -272,14 +275,15 @@ class Module(pl.LightningModule):
         name: str,
         module: nn.Module,
         *,
-        optim: Optional[Mapping] = None,
+        optim: Optional[Mapping | OptimizerEntry] = None,
         objective: Optional[Callable[["Module", dict, Mapping], torch.Tensor]] = None,
     ) -> None:
         """Register an evaluation callback's module under ``callbacks_modules[name]``.
 
-        Its parameters never reach the main optimizers. ``optim`` (an entry of the named form,
-        without ``modules``) gives it its own optimizer, named ``name``, which steps with the same
-        frequency/accumulation/clipping/scheduler rules and appears in the optimizer table.
+        Its parameters never reach the main optimizers. ``optim`` (an entry of the named form: a
+        dict or an :class:`~sptrack.optim.entry.OptimizerEntry`, without ``modules``) gives it its
+        own optimizer, named ``name``, which steps with the same frequency/accumulation/clipping/
+        scheduler rules and appears in the optimizer table.
         ``objective(module, batch, state)`` returns a loss added to the joint loss before the single
         backward of each training step; it should use detached inputs so that the encoder's
         gradients stay untouched. Call this from a Callback's ``setup`` (before optimizers exist).
@@ -291,7 +295,7 @@ class Module(pl.LightningModule):
         if self._steps.slots:
             raise RuntimeError(f"{key}: add_callback_module must be called before optimizers are configured (in Callback.setup).")
         if optim is not None:
-            if "modules" in optim:
+            if (optim.modules is not None) if isinstance(optim, OptimizerEntry) else "modules" in optim:
                 raise ConfigError(f"{key}.optim.modules", "a callback optimizer owns exactly its module.", "Remove 'modules'.")
             config = parse_entry(name, optim, f"{key}.optim")
             config.modules = f"callbacks_modules.{name}"  # shown in tables; not used as a regex
@@ -306,7 +310,7 @@ class Module(pl.LightningModule):
             self,
             self._optim_configs,
             self._callback_optim,
-            exclude=CALLBACK_CONTAINERS,
+            self.parameter_assignment(),
             trainer=attached_trainer(self),
             accumulate=self.accumulate_grad_batches,
             strict=self.strict,
@@ -320,6 +324,20 @@ class Module(pl.LightningModule):
                 schedulers.append(entry)
         return [slot.optimizer for slot in self._steps.slots], schedulers
 
+    def parameter_assignment(self) -> Assignment:
+        """Which parameters each main optimizer owns (the regex assignment of ``optim``).
+
+        Computed once, at construction, and reused by :meth:`configure_optimizers` and
+        :meth:`plan_optimizers` on the current parameter objects (looked up by name, so FSDP2's
+        sharded parameters are found); computed again only if modules or trainable parameters
+        were added, removed, frozen or tied since.
+        """
+        assignment = self._assignment.rebind(self, CALLBACK_CONTAINERS) if self._assignment is not None else None
+        if assignment is None:
+            assignment = assign_parameters(self, self._optim_configs, exclude=CALLBACK_CONTAINERS)
+        self._assignment = assignment
+        return assignment
+
     def plan_optimizers(self) -> list[dict]:
         """The optimizer summary as it will be at train start, computed now without a Trainer.
 
@@ -327,7 +345,7 @@ class Module(pl.LightningModule):
         from the Trainer), so bad declarations surface before any training starts.
         """
         slots = build_slots(
-            self, self._optim_configs, self._callback_optim, exclude=CALLBACK_CONTAINERS, trainer=None,
+            self, self._optim_configs, self._callback_optim, self.parameter_assignment(), trainer=None,
             accumulate=self.accumulate_grad_batches, strict=self.strict, with_schedulers=False,
         )
         return [slot.summary() for slot in slots]

@@ -27,6 +27,8 @@ class OptimizerSlot:
     clip_val: Optional[float] = None
     clip_algorithm: Optional[str] = None
     params: list = field(default_factory=list)
+    #: The lr the optimizer was built with (its first param group), before any scheduler moved it.
+    declared_lr: Optional[float] = None
 
     @property
     def name(self) -> str:
@@ -56,8 +58,9 @@ class OptimizerSlot:
             "index": self.index,
             "name": self.name,
             "class": type(self.optimizer).__name__,
-            # The declared lr: schedulers (warm-up) may have moved the current one already.
-            "lr": float(group.get("initial_lr", group["lr"])),
+            # Always the declared lr (schedulers, warm-up or plateau, move the current one: that is the
+            # hparams/lr_<name> series).
+            "lr": float(self.declared_lr if self.declared_lr is not None else group.get("initial_lr", group["lr"])),
             "weight_decay": float(group.get("weight_decay", 0.0) or 0.0),
             "modules": self.config.modules if self.config.modules is not None else "<all>",
             "matched_modules": list(self.matched_modules),
@@ -92,7 +95,7 @@ def render_summary(rows: list[dict]):
             shown or "<root>",
             f"{r['num_params']:,}",
             str(r["frequency"]),
-            r["scheduler"] or "-",
+            (f"{r['scheduler']} on {r['monitor']}" if r.get("monitor") else r["scheduler"]) if r["scheduler"] else "-",
             r["interval"],
             clip,
         )

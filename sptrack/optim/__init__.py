@@ -1,20 +1,32 @@
-"""Optimizer and scheduler declarations, LARS, and regex assignment of parameters."""
+"""Optimizer and scheduler declarations, LARS, and regex assignment of parameters.
 
-from sptrack.optim.assign import Assignment, assign_parameters
-from sptrack.optim.config import OptimizerConfig, parse_optim
-from sptrack.optim.factory import optimizer_registry, resolve_optimizer
-from sptrack.optim.lars import LARS
-from sptrack.optim.schedulers import LinearWarmupCosineAnnealingLR, resolve_scheduler, scheduler_registry
+Names are imported on first use: :mod:`sptrack.optim.entry` (the :class:`OptimizerEntry` schema
+that recipes write) imports no torch, and importing it must not pull in the rest of this package.
+"""
 
-__all__ = [
-    "LARS",
-    "Assignment",
-    "LinearWarmupCosineAnnealingLR",
-    "OptimizerConfig",
-    "assign_parameters",
-    "optimizer_registry",
-    "parse_optim",
-    "resolve_optimizer",
-    "resolve_scheduler",
-    "scheduler_registry",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "LARS": "sptrack.optim.lars",
+    "Assignment": "sptrack.optim.assign",
+    "LinearWarmupCosineAnnealingLR": "sptrack.optim.schedulers",
+    "OptimizerConfig": "sptrack.optim.config",
+    "OptimizerEntry": "sptrack.optim.entry",
+    "assign_parameters": "sptrack.optim.assign",
+    "optimizer_config": "sptrack.optim.config",
+    "optimizer_registry": "sptrack.optim.factory",
+    "parse_optim": "sptrack.optim.config",
+    "resolve_optimizer": "sptrack.optim.factory",
+    "resolve_scheduler": "sptrack.optim.schedulers",
+    "scheduler_registry": "sptrack.optim.schedulers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sptrack.optim' has no attribute {name!r}")

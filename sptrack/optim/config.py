@@ -1,15 +1,24 @@
-"""The ``optim`` declaration of a Module: one optimizer, or several named ones assigned by regex."""
+"""The ``optim`` declaration of a Module: one optimizer, or several named ones assigned by regex.
+
+Every form is one schema, :class:`~sptrack.optim.entry.OptimizerEntry`: a recipe's entries are used
+as they are, and the dict form (``{"optimizer": ..., "scheduler": ..., ...}``) is parsed into an
+entry by :func:`entry_from_dict`. :func:`optimizer_config` is the one function that validates an
+entry and resolves it into the :class:`OptimizerConfig` the Module builds optimizers from. Errors
+name the key where the user wrote the value: ``optim.head.lr`` for a recipe entry,
+``optim.head.optimizer.lr`` for the same value in the dict form.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
 
 from sptrack.errors import ConfigError, suggestion
-from sptrack.optim.factory import resolve_optimizer
-from sptrack.optim.schedulers import is_plateau, resolve_scheduler
-from sptrack.optim.spec import ClassSpec
+from sptrack.optim.entry import OPTIMIZER_FIELDS, OptimizerEntry
+from sptrack.optim.factory import optimizer_registry, resolve_optimizer
+from sptrack.optim.schedulers import LinearWarmupCosineAnnealingLR, is_plateau, resolve_scheduler, scheduler_registry
+from sptrack.optim.spec import ClassSpec, check_arguments
 
 #: Name given to the optimizer of the single-optimizer form.
 DEFAULT_NAME = "default"
@@ -17,6 +26,7 @@ DEFAULT_NAME = "default"
 DEFAULT_MONITOR = "val_loss"
 INTERVALS = ("step", "epoch")
 CLIP_ALGORITHMS = ("norm", "value")
+#: Keys of an entry of the dict form.
 ENTRY_KEYS = (
     "modules",
     "optimizer",
@@ -50,68 +60,77 @@ class OptimizerConfig:
     gradient_clip_algorithm: Optional[str] = None
     #: Dotted path of this entry in the user's declaration, for messages.
     key: str = "optim"
+    #: Where parts of the entry were written when not at ``key.<part>``: ``"optimizer"``,
+    #: ``"optimizer.<argument>"``, ``"scheduler"``, ``"scheduler.<argument>"`` -> dotted key.
+    keys: dict = field(default_factory=dict)
+
+    def key_of(self, part: str) -> str:
+        """The dotted key the user wrote ``part`` (``"optimizer"``, ``"scheduler.T_max"``, ``"monitor"``) at."""
+        return self.keys.get(part, f"{self.key}.{part}")
 
 
-def _is_single_form(optim: Mapping) -> bool:
-    # An entry *named* "optimizer" in the named form is itself a dict holding an "optimizer" key.
-    if "optimizer" not in optim:
-        return False
-    value = optim["optimizer"]
-    return not (isinstance(value, Mapping) and "optimizer" in value)
+# ---------------------------------------------------------------------------------------------- entries
+def optimizer_config(name: str, entry: OptimizerEntry, key: str, keys: Optional[Mapping[str, str]] = None) -> OptimizerConfig:
+    """Validate ``entry`` and resolve its optimizer and scheduler: the one way to an :class:`OptimizerConfig`.
 
+    ``key`` is the entry's dotted key (``optim.head``); ``keys`` maps the entry's field paths
+    (``"type"``, ``"lr"``, ``"optimizer_args.eps"``, ``"scheduler_args.T_max"``, ...) to the keys
+    they were written at, when not ``key.<path>`` (the recipe's own layout), and may also give
+    ``"optimizer"``/``"scheduler"``, the declarations as a whole (default: the keys of ``type`` and
+    ``scheduler``), and ``"scheduler.type"``, where the scheduler's class was named.
+    """
+    keys = dict(keys or {})
 
-def parse_entry(name: str, entry: Any, key: str) -> OptimizerConfig:
-    if not isinstance(entry, Mapping):
-        raise ConfigError(key, f"must be a dict with an 'optimizer' entry, got {type(entry).__name__}.")
-    for k in entry:
-        if k not in ENTRY_KEYS:
-            raise ConfigError(f"{key}.{k}", "unknown option.", suggestion(k, ENTRY_KEYS) or f"Valid: {', '.join(ENTRY_KEYS)}.")
-    if "optimizer" not in entry:
-        raise ConfigError(key, "missing 'optimizer'.", "Add e.g. 'optimizer': 'AdamW'.")
+    def at(path: str) -> str:
+        return keys.get(path, f"{key}.{path}")
+
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(key, f"optimizer name {name!r} must be letters, digits, '_', '-' or '.'.")
-
-    modules = entry.get("modules")
+    modules = entry.modules
     if modules is not None:
         if not isinstance(modules, str):
-            raise ConfigError(f"{key}.modules", f"must be a regex string, got {type(modules).__name__}.")
+            raise ConfigError(at("modules"), f"must be a regex string, got {type(modules).__name__}.")
         try:
             re.compile(modules)
         except re.error as err:
-            raise ConfigError(f"{key}.modules", f"invalid regex {modules!r}: {err}.") from err
+            raise ConfigError(at("modules"), f"invalid regex {modules!r}: {err}.") from err
 
-    interval = entry.get("interval", "step")
+    interval = entry.interval
     if interval not in INTERVALS:
-        raise ConfigError(f"{key}.interval", f"must be 'step' or 'epoch', got {interval!r}.", suggestion(str(interval), INTERVALS))
-    frequency = entry.get("frequency", 1)
+        raise ConfigError(at("interval"), f"must be 'step' or 'epoch', got {interval!r}.", suggestion(str(interval), INTERVALS))
+    frequency = entry.frequency
     if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise ConfigError(f"{key}.frequency", f"must be an integer >= 1, got {frequency!r}.")
+        raise ConfigError(at("frequency"), f"must be an integer >= 1, got {frequency!r}.")
+    for path in ("optimizer_args", "scheduler_args"):
+        value = getattr(entry, path)
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(at(path), f"must be a dict of keyword arguments, got {value!r}.", "Write e.g. {'eps': 1e-6}.")
+    for arg in entry.optimizer_args:
+        if arg in OPTIMIZER_FIELDS or arg == "type":
+            raise ConfigError(at(f"optimizer_args.{arg}"), "is a field of the entry itself.", f"Set {at(arg)} instead.")
 
-    scheduler_decl = entry.get("scheduler")
-    monitor = entry.get("monitor")
-    if isinstance(scheduler_decl, Mapping) and "monitor" in scheduler_decl:
-        scheduler_decl = dict(scheduler_decl)
-        inner_monitor = scheduler_decl.pop("monitor")
-        if monitor is not None and monitor != inner_monitor:
-            raise ConfigError(f"{key}.monitor", f"given twice with different values: {monitor!r} and {inner_monitor!r}.")
-        monitor = inner_monitor
-    scheduler = resolve_scheduler(scheduler_decl, f"{key}.scheduler")
+    scheduler, scheduler_keys = _scheduler(entry, at, keys.get("scheduler.type", at("scheduler")))
+    monitor = entry.monitor
     if is_plateau(scheduler) and monitor is None:
         monitor = DEFAULT_MONITOR
     if monitor is not None and not isinstance(monitor, str):
-        raise ConfigError(f"{key}.monitor", f"must be a metric name, got {monitor!r}.")
+        raise ConfigError(at("monitor"), f"must be a metric name, got {monitor!r}.")
 
-    clip_val = entry.get("gradient_clip_val")
+    clip_val = entry.gradient_clip_val
     if clip_val is not None and (isinstance(clip_val, bool) or not isinstance(clip_val, (int, float)) or clip_val < 0):
-        raise ConfigError(f"{key}.gradient_clip_val", f"must be a number >= 0, got {clip_val!r}.")
-    clip_algo = entry.get("gradient_clip_algorithm")
+        raise ConfigError(at("gradient_clip_val"), f"must be a number >= 0, got {clip_val!r}.")
+    clip_algo = entry.gradient_clip_algorithm
     if clip_algo is not None and clip_algo not in CLIP_ALGORITHMS:
         raise ConfigError(
-            f"{key}.gradient_clip_algorithm", f"must be 'norm' or 'value', got {clip_algo!r}.", suggestion(str(clip_algo), CLIP_ALGORITHMS)
+            at("gradient_clip_algorithm"), f"must be 'norm' or 'value', got {clip_algo!r}.", suggestion(str(clip_algo), CLIP_ALGORITHMS)
         )
+
+    optimizer_key = keys.get("optimizer", at("type"))
+    arguments = {arg: (value, at(path)) for arg, (value, path) in entry.optimizer_arguments().items()}
+    optimizer = _with_arguments(resolve_optimizer(entry.type, at("type")), arguments, "optimizer", at("type"))
     return OptimizerConfig(
         name=name,
-        optimizer=resolve_optimizer(entry["optimizer"], f"{key}.optimizer"),
+        optimizer=optimizer,
         modules=modules,
         scheduler=scheduler,
         interval=interval,
@@ -120,17 +139,140 @@ def parse_entry(name: str, entry: Any, key: str) -> OptimizerConfig:
         gradient_clip_val=None if clip_val is None else float(clip_val),
         gradient_clip_algorithm=clip_algo,
         key=key,
+        keys={
+            "optimizer": optimizer_key,
+            **{f"optimizer.{arg}": k for arg, (_, k) in arguments.items()},
+            "scheduler": keys.get("scheduler", at("scheduler")),
+            **scheduler_keys,
+            **{p: keys.get(p, at(p)) for p in ("modules", "monitor")},
+        },
     )
+
+
+def _scheduler(entry: OptimizerEntry, at: Callable[[str], str], type_key: str) -> tuple[Optional[ClassSpec], dict[str, str]]:
+    spec = resolve_scheduler(entry.scheduler, type_key)
+    arguments = {arg: (value, at(f"scheduler_args.{arg}")) for arg, value in entry.scheduler_args.items()}
+    if spec is None:
+        if arguments:
+            first = next(iter(arguments.values()))[1]
+            raise ConfigError(first, "is an argument of a scheduler, but none is declared.", f"Set {at('scheduler')} or drop the argument.")
+        return None, {}
+    if entry.warmup_fraction is not None and spec.cls is not None and issubclass(spec.cls, LinearWarmupCosineAnnealingLR):
+        given = arguments.get("warmup_fraction", (None,))[0]
+        if given is not None and given != entry.warmup_fraction:
+            raise ConfigError(at("warmup_fraction"), f"given twice with different values: {entry.warmup_fraction!r} and {given!r}.")
+        arguments["warmup_fraction"] = (entry.warmup_fraction, at("warmup_fraction"))
+    spec = _with_arguments(spec, arguments, "scheduler", type_key)
+    return spec, {f"scheduler.{arg}": k for arg, (_, k) in arguments.items()}
+
+
+def _with_arguments(spec: ClassSpec, arguments: Mapping[str, tuple[Any, str]], kind: str, type_key: str) -> ClassSpec:
+    """``spec`` with ``{argument: (value, key)}`` added; each argument the class does not take names its key."""
+    if not arguments:
+        return spec
+    if spec.cls is None:
+        raise ConfigError(type_key, f"must be a {kind} name or class, got {spec.factory!r}.", "A factory function takes no arguments.")
+    check_arguments(spec.cls, {arg: k for arg, (_, k) in arguments.items()})
+    return ClassSpec(cls=spec.cls, kwargs={**spec.kwargs, **{arg: value for arg, (value, _) in arguments.items()}})
+
+
+# ---------------------------------------------------------------------------------------------- dict form
+def entry_from_dict(entry: Any, key: str) -> tuple[OptimizerEntry, dict[str, str]]:
+    """Parse one entry of the dict form into an :class:`OptimizerEntry` and where each part was written.
+
+    ``{"optimizer": {"type": "SGD", "lr": 0.1, "nesterov": True}, "scheduler": {"type": "StepLR",
+    "step_size": 2}}`` becomes ``OptimizerEntry(type="SGD", lr=0.1, optimizer_args={"nesterov": True},
+    scheduler="StepLR", scheduler_args={"step_size": 2})``; what the dict leaves out is left to the
+    classes (no lr: the optimizer's default; no scheduler: none). A ``monitor`` inside the scheduler
+    dict moves to ``monitor``. The second value maps field paths to their keys in the dict
+    (``"lr"`` -> ``optim.head.optimizer.lr``), for :func:`optimizer_config`.
+    """
+    if not isinstance(entry, Mapping):
+        raise ConfigError(key, f"must be a dict with an 'optimizer' entry or an OptimizerEntry, got {type(entry).__name__}.")
+    for k in entry:
+        if k not in ENTRY_KEYS:
+            raise ConfigError(f"{key}.{k}", "unknown option.", suggestion(k, ENTRY_KEYS) or f"Valid: {', '.join(ENTRY_KEYS)}.")
+    if "optimizer" not in entry:
+        raise ConfigError(key, "missing 'optimizer'.", "Add e.g. 'optimizer': 'AdamW'.")
+    keys: dict[str, str] = {"optimizer": f"{key}.optimizer"}
+    fields: dict[str, Any] = {k: entry[k] for k in ("modules", "interval", "frequency", "gradient_clip_val", "gradient_clip_algorithm") if k in entry}
+
+    fields.update({name: None for name in OPTIMIZER_FIELDS})
+    optimizer = entry["optimizer"]
+    if isinstance(optimizer, Mapping):
+        kind_type, arguments = _split_type(optimizer, f"{key}.optimizer", "optimizer", optimizer_registry())
+        fields["type"], keys["type"] = kind_type, f"{key}.optimizer.type"
+        fields["optimizer_args"] = {}
+        for arg, value in arguments.items():
+            if arg in OPTIMIZER_FIELDS:
+                fields[arg], keys[arg] = value, f"{key}.optimizer.{arg}"
+            else:
+                fields["optimizer_args"][arg] = value
+                keys[f"optimizer_args.{arg}"] = f"{key}.optimizer.{arg}"
+    else:
+        fields["type"], keys["type"] = optimizer, f"{key}.optimizer"
+
+    scheduler = entry.get("scheduler")
+    monitor = entry.get("monitor")
+    fields["scheduler_args"] = {}
+    keys["scheduler"] = f"{key}.scheduler"
+    if isinstance(scheduler, Mapping):
+        scheduler_type, arguments = _split_type(scheduler, f"{key}.scheduler", "scheduler", scheduler_registry())
+        if "monitor" in arguments:
+            inner = arguments.pop("monitor")
+            if monitor is not None and monitor != inner:
+                raise ConfigError(f"{key}.monitor", f"given twice with different values: {monitor!r} and {inner!r}.")
+            monitor = inner
+        fields["scheduler"], keys["scheduler.type"] = scheduler_type, f"{key}.scheduler.type"
+        fields["scheduler_args"] = arguments
+        keys.update({f"scheduler_args.{arg}": f"{key}.scheduler.{arg}" for arg in arguments})
+    else:
+        fields["scheduler"] = scheduler
+    fields["monitor"] = monitor
+    return OptimizerEntry(**fields), keys
+
+
+def _split_type(spec: Mapping, key: str, kind: str, registry: Mapping[str, type]) -> tuple[Any, dict]:
+    if "type" not in spec:
+        raise ConfigError(
+            key,
+            f"a {kind} dict needs a 'type' entry; got keys {sorted(spec)}.",
+            f"Write e.g. {{'type': {next(iter(sorted(registry)))!r}, ...}}.",
+        )
+    return spec["type"], {k: v for k, v in spec.items() if k != "type"}
+
+
+def parse_entry(name: str, entry: Any, key: str) -> OptimizerConfig:
+    """One named entry, an :class:`OptimizerEntry` or a dict of the dict form, as an :class:`OptimizerConfig`."""
+    if isinstance(entry, OptimizerEntry):
+        return optimizer_config(name, entry, key)
+    parsed, keys = entry_from_dict(entry, key)
+    return optimizer_config(name, parsed, key, keys)
+
+
+# ---------------------------------------------------------------------------------------------- optim
+def _is_single_form(optim: Mapping) -> bool:
+    # An entry *named* "optimizer" in the named form is itself an entry (a dict holding an "optimizer" key).
+    if "optimizer" not in optim:
+        return False
+    value = optim["optimizer"]
+    return not (isinstance(value, OptimizerEntry) or (isinstance(value, Mapping) and "optimizer" in value))
 
 
 def parse_optim(optim: Any, key: str = "optim") -> list[OptimizerConfig]:
     """Validate a Module's ``optim`` declaration and return one config per named optimizer.
 
-    Accepts the single form ``{"optimizer": ..., "scheduler": ..., ...}`` (one optimizer named
-    ``"default"`` owning every parameter) and the named form ``{name: {"modules": regex, ...}}``.
+    Accepts the named form ``{name: entry}``, each entry an :class:`OptimizerEntry` or a dict
+    ``{"modules": regex, "optimizer": ..., ...}``, and the single form (one optimizer named
+    ``"default"`` owning every parameter): a dict ``{"optimizer": ..., "scheduler": ..., ...}`` or
+    one :class:`OptimizerEntry` without ``modules``.
     """
     if optim is None:
         return []
+    if isinstance(optim, OptimizerEntry):
+        if optim.modules is not None:
+            raise ConfigError(f"{key}.modules", "a single optimizer owns every parameter.", "Use the named form {name: OptimizerEntry(modules=...)}.")
+        return [optimizer_config(DEFAULT_NAME, optim, key)]
     if not isinstance(optim, Mapping):
         raise ConfigError(key, f"must be a dict, got {type(optim).__name__}.")
     if _is_single_form(optim):

@@ -51,15 +51,18 @@ def accepted_arguments(cls: type) -> Optional[set[str]]:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def check_arguments(cls: type, kwargs: Mapping[str, Any], key: str) -> None:
-    """Raise :class:`ConfigError` naming the first keyword ``cls`` does not take."""
+def check_arguments(cls: type, arguments: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` at the key of the first argument ``cls`` does not take.
+
+    ``arguments`` maps each keyword to the dotted key it was declared at.
+    """
     accepted = accepted_arguments(cls)
     if accepted is None:
         return
-    for name in kwargs:
+    for name, key in arguments.items():
         if name not in accepted:
             raise ConfigError(
-                f"{key}.{name}",
+                key,
                 f"{cls.__name__} has no argument {name!r}.",
                 suggestion(name, accepted) or f"It accepts: {', '.join(sorted(accepted))}.",
             )
@@ -95,7 +98,7 @@ def resolve_class_spec(
         inner = resolve_class_spec(spec["type"], f"{key}.type", registry, kind, base)
         if inner.cls is None:
             raise ConfigError(f"{key}.type", f"must be a {kind} name or class, got {spec['type']!r}.")
-        check_arguments(inner.cls, kwargs, key)
+        check_arguments(inner.cls, {k: f"{key}.{k}" for k in kwargs})
         return ClassSpec(cls=inner.cls, kwargs={**inner.kwargs, **kwargs})
     if isinstance(spec, functools.partial):
         if spec.args:
@@ -107,7 +110,7 @@ def resolve_class_spec(
         inner = resolve_class_spec(spec.func, key, registry, kind, base)
         if inner.cls is None:
             return ClassSpec(factory=spec)
-        check_arguments(inner.cls, spec.keywords, key)
+        check_arguments(inner.cls, {k: f"{key}.{k}" for k in spec.keywords})
         return ClassSpec(cls=inner.cls, kwargs={**inner.kwargs, **spec.keywords})
     if isinstance(spec, type):
         if not issubclass(spec, base):

@@ -123,7 +123,7 @@ class ProgressCheckpoint(pl.Callback):
 def checkpoint_callbacks(every_n_steps: Optional[int], every_minutes: Optional[float], keep: int) -> list[pl.Callback]:
     """The epoch-end ``ModelCheckpoint`` (``last.ckpt`` + the newest ``keep``) and the :class:`ProgressCheckpoint`.
 
-    The values are checked with the config (:func:`sptrack.run.validate.check_trainer`).
+    The values are checked with the config (:func:`sptrack.recipe.validate.check_trainer`).
     """
     epochs = ModelCheckpoint(save_last=True, monitor="step", mode="max", save_top_k=keep, every_n_epochs=1,
                              save_on_train_epoch_end=True)

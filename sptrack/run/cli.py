@@ -6,16 +6,17 @@ Only light modules are imported until training starts, so ``--help`` and errors 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from sptrack.errors import ConfigError, suggestion
-from sptrack.run.config import RecipeConfig, apply_overrides, flatten
-from sptrack.run.failures import TRACEBACK_ENV, one_line, wants_traceback
-from sptrack.run.launch import resolve_devices
-from sptrack.run.recipe import Recipe, load_recipe, recipes_dir
-from sptrack.run.validate import check_config
+from sptrack.parallel.launch import resolve_devices
+from sptrack.recipe.config import RecipeConfig, apply_overrides, flatten
+from sptrack.recipe.failures import TRACEBACK_ENV, one_line, wants_traceback
+from sptrack.recipe.loading import Recipe, load_recipe, recipes_dir
+from sptrack.recipe.validate import check_config
 
 TRACKERS = ("none", "mlflow", "wandb")
 STRATEGIES = ("auto", "ddp", "fsdp2")
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accelerator", help="cpu, gpu, auto ...")
     parser.add_argument("--max-epochs", type=int, help="shortcut for trainer.max_epochs")
     parser.add_argument("--seed", type=int, help="shortcut for trainer.seed")
-    parser.add_argument("--tracker", choices=TRACKERS, help="experiment tracker (default: the recipe's)")
+    parser.add_argument("--tracker", choices=TRACKERS, help="experiment tracker (default: $SPTRACK_TRACKER, else mlflow into <output_dir>/mlflow.db)")
     parser.add_argument("--resume", metavar="CKPT", help="continue exactly from a checkpoint, or 'auto': the newest of the recipe's runs")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and optimizers, do not train")
     parser.add_argument("--traceback", action="store_true", help=f"show the stack of an error instead of one line (also {TRACEBACK_ENV}=1)")
@@ -105,10 +106,10 @@ def sweep_options(args: argparse.Namespace):
 
 
 def _general_help(parser: argparse.ArgumentParser) -> str:
-    lines = [parser.format_help().rstrip(), "", "recipes:"]
+    lines = [parser.format_help().rstrip(), "", "recipes (by name, or any recipe file's path):"]
     folder = recipes_dir()
     for path in sorted(folder.glob("*.py")) if folder.exists() else []:
-        lines.append(f"  {path.relative_to(folder.parent)}")
+        lines.append(f"  {path.stem:<8} {path}")
     lines.append("\nRun `python -m sptrack.run RECIPE --help` to list a recipe's keys.")
     return "\n".join(lines)
 
@@ -126,7 +127,7 @@ SHORTCUTS = {"--devices": "devices", "--strategy": "strategy", "--accelerator": 
 
 
 def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Namespace) -> RecipeConfig:
-    """Recipe defaults, then the ``key=value`` overrides, then the option shortcuts; checked (see sptrack.run.validate)."""
+    """Recipe defaults, then the ``key=value`` overrides, then the option shortcuts; checked (see sptrack.recipe.validate)."""
     cfg = recipe.default_config()
     default_dataset = cfg.data.dataset
     apply_overrides(cfg, list(overrides))
@@ -135,6 +136,8 @@ def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Name
         setattr(cfg.trainer, SHORTCUTS[flag], value)
     if args.tracker is not None:
         cfg.tracker.kind = args.tracker
+    if cfg.tracker.kind == "mlflow" and cfg.tracker.uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        cfg.tracker.uri = embedded_store_uri(cfg.trainer.output_dir)
     flags = {f"trainer.{SHORTCUTS[flag]}": flag for flag in given}
     try:
         if cfg.tracker.kind not in TRACKERS:
@@ -152,6 +155,11 @@ def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Name
             raise
         raise ConfigError(flags[err.key], str(err).split(": ", 1)[1]) from None
     return cfg
+
+
+def embedded_store_uri(output_dir: str) -> str:
+    """The MLflow store a run records into when nothing else is said: ``<output_dir>/mlflow.db``."""
+    return "sqlite:///" + os.path.join(os.path.abspath(os.path.expanduser(output_dir)), "mlflow.db")
 
 
 def check_resume(value: Optional[str]) -> None:

@@ -6,9 +6,9 @@ from rich.table import Table
 
 from sptrack.console import print_table
 from sptrack.module.slots import render_summary
-from sptrack.run.config import RecipeConfig, flatten
-from sptrack.run.launch import detect
-from sptrack.run.recipe import Recipe
+from sptrack.parallel.launch import detect
+from sptrack.recipe.config import RecipeConfig, flatten
+from sptrack.recipe.loading import Recipe
 
 
 def print_dry_run(recipe: Recipe, cfg: RecipeConfig) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from sptrack.run.paths import first_missing
+from sptrack.recipe.paths import first_missing
 
 
 def next_version_dir(root: Path) -> Path:

@@ -11,41 +11,14 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 from sptrack.callbacks import ExactResume
 from sptrack.module.trainer import Trainer
+from sptrack.recipe.config import RecipeConfig
+from sptrack.recipe.final_eval import FinalLinearEvaluation
+from sptrack.recipe.loading import Recipe
+from sptrack.recipe.trainer_args import trainer_kwargs
 from sptrack.run.checkpoints import checkpoint_callbacks, latest_checkpoint
-from sptrack.run.config import RecipeConfig
-from sptrack.run.final_eval import FinalLinearEvaluation
-from sptrack.run.launch import resolve_devices
-from sptrack.run.recipe import Recipe
 from sptrack.run.report import print_report
 from sptrack.run.run_dir import RunDirectory
-
-
-def trainer_kwargs(cfg: RecipeConfig) -> dict:
-    """Lightning Trainer arguments from ``cfg.trainer`` (None-valued limits left to Lightning; devices and
-    num_nodes resolved against the launcher, see :mod:`sptrack.run.launch`)."""
-    t = cfg.trainer
-    devices, num_nodes = resolve_devices(t.devices, t.num_nodes)
-    kwargs: dict[str, Any] = dict(
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        gradient_clip_algorithm=t.gradient_clip_algorithm,
-        precision=t.precision,
-        accelerator=t.accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=t.strategy,
-        log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-    )
-    if t.limit_train_batches is not None:
-        kwargs["limit_train_batches"] = t.limit_train_batches
-    if t.limit_val_batches is not None:
-        kwargs["limit_val_batches"] = t.limit_val_batches
-    return kwargs
+from sptrack.run.tracked_at import how_to_open
 
 
 def build_trainer(recipe: Recipe, cfg: RecipeConfig, callbacks: list, logger: Any = False,
@@ -78,7 +51,9 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     experiment = recipe.build_experiment(cfg)
     t = cfg.tracker
-    tracker = build_tracker(t.kind, uri=t.uri, experiment=t.experiment or recipe.name, run_name=t.run_name)
+    # The tracker's local files (MLflow's outage spill, W&B's run folder) go under the output directory too.
+    local = {"mlflow": {"work_dir": cfg.trainer.output_dir}, "wandb": {"dir": cfg.trainer.output_dir}}.get(t.kind, {})
+    tracker = build_tracker(t.kind, uri=t.uri, experiment=t.experiment or recipe.name, run_name=t.run_name, **local)
     tracking = tracker_callbacks(tracker, config=cfg, recipe_path=str(recipe.path))
     evaluation = FinalLinearEvaluation(experiment, cfg.eval.baseline_inits)
     if ckpt_path == "auto":
@@ -102,4 +77,6 @@ def train(recipe: Recipe, cfg: RecipeConfig, ckpt_path: Optional[str] = None) ->
     if tracker.run_id:
         results["tracker_run"] = f"{t.kind} {tracker.run_id}"
     print_report(recipe.name, results)
+    for line in how_to_open(tracker):
+        print(line, flush=True)
     return results

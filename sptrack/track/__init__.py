@@ -28,8 +28,10 @@ Pass ``TrackerLogger`` in ``callbacks`` only (not ``logger=``); it adds itself t
 
 What every run gets (both trackers): flattened dotted hyper-parameters (secrets masked;
 MLflow values over 6000 characters go to ``params/<key>.txt`` and the param says so),
-``optim/<name>/<field>`` params and the ``optim/summary`` table (MLflow: ``.json`` + ``.csv``
-artifacts; W&B: a ``wandb.Table``), ``hparams/lr_<name>`` and all Lightning metrics at
+per-optimizer params in the config's own ``optim.<name>.<field>`` scheme (the config's fields, plus
+the summary's ``class``, ``num_params``, ``matched_modules``, ... where the config has none), the
+``optim/summary`` table (MLflow: ``.json`` + ``.csv`` artifacts; W&B: a ``wandb.Table``), the lr
+over time as ``hparams/lr_<name>``, and all Lightning metrics at
 ``trainer.global_step``-based steps, ``environment.json`` (packages, git commit), the recipe and the
 resolved config, and status FINISHED / FAILED / KILLED. Under DDP/FSDP2 only global rank 0 talks
 to the tracker; the run id is broadcast and stored in checkpoints
@@ -42,7 +44,8 @@ batch's metrics and the ``hparams/lr_<name>`` of the optimizer steps it makes sh
 step (Lightning's convention). After a resume, points at or below the last step the run already
 holds are dropped (MLflow: per metric; W&B: per run).
 
-Files: MLflow's default database ``./mlflow.db`` and artifacts ``./mlartifacts/``; outage spill
+MLflow experiments are created tagged ``mlflow.experimentKind=custom_model_development`` (shown as
+model training in MLflow 3's UI). Files: MLflow's default database ``./mlflow.db`` and artifacts ``./mlartifacts/``; outage spill
 files ``<work_dir>/.sptrack/mlflow-spill/<run_id>.jsonl``; W&B runs ``<dir>/wandb/``.
 
 Lower level: :class:`Tracker` (``check``, ``start(run_id=None)``, ``attach``, ``log_params``,
@@ -89,8 +92,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "MLflowTracker": "sptrack.track.mlflow_tracker",
-    "replay": "sptrack.track.mlflow_spill",
+    "MLflowTracker": "sptrack.track.mlflow",
+    "replay": "sptrack.track.mlflow",
     "WandbTracker": "sptrack.track.wandb_tracker",
     "TrackerLogger": "sptrack.track.lightning",
 }
@@ -116,7 +119,7 @@ def build_tracker(kind: Optional[str], **options: Any) -> Tracker:
     options = {k: v for k, v in options.items() if v is not None}
     uri = options.pop("uri", None)
     if normalized == "mlflow":
-        from sptrack.track.mlflow_tracker import MLflowTracker
+        from sptrack.track.mlflow import MLflowTracker
 
         if uri is not None:
             options.setdefault("tracking_uri", uri)

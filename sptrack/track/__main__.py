@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     rep.add_argument("--tracking-uri", default=None, help="default: the URI recorded in the file")
     args = parser.parse_args(argv)
     from sptrack.track.base import TrackerError
-    from sptrack.track.mlflow_spill import replay
+    from sptrack.track.mlflow import replay
 
     status = 0
     for path in args.files:

@@ -22,7 +22,7 @@ from sptrack.track.params import flatten, redact_mapping, redact_text, summary_p
 
 CHECKPOINT_KEY = "sptrack_tracker"
 SUMMARY_TABLE = "optim/summary"
-#: Columns of the optimizer table that are not logged as ``optim/<name>/<field>`` params
+#: Columns of the optimizer table that are not logged as ``optim.<name>.<field>`` params
 #: (they change between a run and its resumption, and MLflow params cannot change).
 TABLE_ONLY_FIELDS = ("lr_at_start",)
 
@@ -39,8 +39,9 @@ class TrackerLogger(Logger, Callback):
     * rank 0 logs the flattened, redacted ``config`` (the Module's ``hparams`` when ``config`` is
       None) plus ``trainer/*`` settings as params, and the recipe file (redacted), the resolved
       config and the environment as artifacts;
-    * at the first training batch (the Module has then filled its clip settings) it logs
-      ``optim/<name>/<field>`` params and the ``optim/summary`` table;
+    * at the first training batch (the Module has then filled its clip settings) it logs the
+      ``optim/summary`` table, and as ``optim.<name>.<field>`` params the summary fields the config
+      does not hold already (``class``, ``num_params``, ``matched_modules``, ...: one name per value);
     * every ``log_metrics(metrics, step)`` goes to the tracker at ``step`` (Lightning's
       ``global_step``-based axis; rank 0 only);
     * checkpoints store the run id under ``checkpoint["sptrack_tracker"]["runs"][kind]``, and a
@@ -69,6 +70,8 @@ class TrackerLogger(Logger, Callback):
         self._summary_logged = False
         self._inputs_logged = False
         self._pending_params: dict[str, Any] = {}
+        #: Flattened keys of every parameter logged so far (the summary params leave them out).
+        self._logged_keys: set[str] = set()
         self._installed = False
 
     # ------------------------------------------------------------------ Logger
@@ -92,7 +95,9 @@ class TrackerLogger(Logger, Callback):
         if not self._is_zero():
             return
         if self._started and self.tracker.active:
-            self.tracker.log_params(flatten(params))
+            flat = flatten(params)
+            self._logged_keys.update(flat)
+            self.tracker.log_params(flat)
         else:
             self._pending_params.update(flatten(params))
 
@@ -219,6 +224,7 @@ class TrackerLogger(Logger, Callback):
             config = dict(hparams) if hparams else {}
         params = {**flatten(config), **self._pending_params, **self._trainer_params(trainer, pl_module)}
         self._pending_params = {}
+        self._logged_keys.update(params)
         tracker.log_params(params)
         if self._inputs_logged:
             return
@@ -248,7 +254,7 @@ class TrackerLogger(Logger, Callback):
         }
 
     def _log_summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``optim/<name>/<field>`` params and the ``optim/summary`` table (rank 0, once per fit)."""
+        """The ``optim/summary`` table and the ``optim.<name>.<field>`` params the config lacks (rank 0, once per fit)."""
         self._summary_logged = True
         summary_fn = getattr(pl_module, "optimizer_summary", None)
         if summary_fn is None:
@@ -267,5 +273,5 @@ class TrackerLogger(Logger, Callback):
             return
         columns, cells = summary_rows(rows)
         params_rows = [{k: v for k, v in r.items() if k not in TABLE_ONLY_FIELDS} for r in rows]
-        self.tracker.log_params(summary_params(params_rows))
+        self.tracker.log_params(summary_params(params_rows, config_keys=self._logged_keys))
         self.tracker.log_table(SUMMARY_TABLE, columns, cells)

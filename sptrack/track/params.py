@@ -7,11 +7,8 @@ redaction itself lives in :mod:`sptrack.track.redact`; its public names are re-e
 
 from __future__ import annotations
 
-import json
-import math
 from argparse import Namespace
-from collections.abc import Mapping
-from dataclasses import asdict, is_dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sptrack.track.redact import (  # noqa: F401 - re-exported: callers import redaction from here
@@ -21,37 +18,10 @@ from sptrack.track.redact import (  # noqa: F401 - re-exported: callers import r
     redact,
     redact_argv,
     redact_mapping,
-    redact_text,
     redact_value,
 )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Namespace):
-        return vars(value)
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
-        return value.item()  # 0-d tensors / numpy scalars
-    return value
-
-
-def _scalar(value: Any) -> Any:
-    """A tracker-friendly scalar: numbers, bools, strings and None stay; everything else becomes a string."""
-    value = _plain(value)
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, type):
-        return f"{value.__module__}.{value.__qualname__}"
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
-    return str(value)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=lambda v: _scalar(v), separators=(",", ":"), sort_keys=False)
+from sptrack.track.redact_files import redact_text  # noqa: F401 - re-exported
+from sptrack.track.values import compact_json, plain, scalar
 
 
 def flatten(params: Mapping | Namespace | None, prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -65,20 +35,20 @@ def flatten(params: Mapping | Namespace | None, prefix: str = "", sep: str = "."
     out: dict[str, Any] = {}
 
     def walk(value: Any, key: str) -> None:
-        value = _plain(value)
+        value = plain(value)
         if isinstance(value, Mapping):
             if not value and key:
                 out[key] = "{}"
             for k, v in value.items():
                 walk(v, f"{key}{sep}{k}" if key else str(k))
-        elif isinstance(value, (list, tuple)) and any(isinstance(_plain(v), (Mapping, list, tuple)) for v in value):
+        elif isinstance(value, (list, tuple)) and any(isinstance(plain(v), (Mapping, list, tuple)) for v in value):
             for i, v in enumerate(value):
                 walk(v, f"{key}{sep}{i}" if key else str(i))
         elif isinstance(value, (list, tuple, set, frozenset)):
             items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else list(value)
-            out[key] = _json([_scalar(v) for v in items])
+            out[key] = compact_json([scalar(v) for v in items])
         else:
-            out[key] = _scalar(value)
+            out[key] = scalar(value)
 
     if params is not None:
         walk(params, prefix)
@@ -132,21 +102,59 @@ def summary_rows(summary: list[Mapping]) -> tuple[list[str], list[list[Any]]]:
     for row in summary:
         cells = []
         for col in columns:
-            value = _plain(row.get(col))
+            value = plain(row.get(col))
             value = getattr(value, "value", value)  # str-valued enums
-            cells.append(_json(value) if isinstance(value, (list, tuple, dict)) else _scalar(value))
+            cells.append(compact_json(value) if isinstance(value, (list, tuple, dict)) else scalar(value))
         rows.append(cells)
     return columns, rows
 
 
-def summary_params(summary: list[Mapping]) -> dict[str, Any]:
-    """``optim/<name>/<field>`` parameters for every optimizer of a summary (``name`` not repeated)."""
+#: The prefix of every per-optimizer parameter: ``optim.<name>.<field>``, the config's own dotted scheme.
+OPTIM_PREFIX = "optim."
+#: Summary fields a ``Module(optim=...)``-form config holds inside the optimizer's declaration
+#: (``optim.<name>.optimizer.lr``) rather than at ``optim.<name>.<field>``.
+OPTIMIZER_ARGUMENTS = ("lr", "weight_decay")
+
+
+def optimizer_param(name: str, field: str) -> str:
+    """The parameter key of optimizer ``name``'s ``field``: ``optim.<name>.<field>``."""
+    return f"{OPTIM_PREFIX}{name}.{field}"
+
+
+def config_keys_of(name: str, field: str) -> tuple[str, ...]:
+    """The flattened config keys that may already hold optimizer ``name``'s ``field``.
+
+    ``optim.<name>.<field>`` (the recipe form), ``optim.<name>.optimizer.<field>`` for the optimizer's
+    own arguments (the ``Module(optim=...)`` form) and, for the single-optimizer form's ``default``
+    optimizer, ``optim.<field>`` / ``optim.optimizer.<field>``.
+    """
+    keys = [optimizer_param(name, field)]
+    if field in OPTIMIZER_ARGUMENTS:
+        keys.append(optimizer_param(name, f"optimizer.{field}"))
+    if name == "default":
+        keys.append(f"{OPTIM_PREFIX}{field}")
+        if field in OPTIMIZER_ARGUMENTS:
+            keys.append(f"{OPTIM_PREFIX}optimizer.{field}")
+    return tuple(keys)
+
+
+def summary_params(summary: list[Mapping], config_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """``optim.<name>.<field>`` parameters for the summary fields the logged config does not hold already.
+
+    ``config_keys`` are the flattened parameter keys logged from the config; a field one of them
+    holds (:func:`config_keys_of`) is left out, so each value has one name: ``optim.backbone.lr``
+    comes from the config, ``optim.backbone.class``, ``.num_params``, ``.matched_modules``... from
+    the summary. The config's value wins even where the summary knows more (a clip value left None
+    in the config and filled from the Trainer): the ``optim/summary`` table has every effective value.
+    """
+    config_keys = set(config_keys)
     columns, rows = summary_rows(summary)
     out = {}
     for row in rows:
         values = dict(zip(columns, row))
         name = values.get("name")
         for col, value in values.items():
-            if col != "name":
-                out[f"optim/{name}/{col}"] = redact_value(value)
+            if col == "name" or any(key in config_keys for key in config_keys_of(name, col)):
+                continue
+            out[optimizer_param(name, col)] = redact_value(value)
     return out

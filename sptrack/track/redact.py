@@ -6,7 +6,7 @@ Three layers, each used where its input comes from:
 * :func:`redact_value` masks credentials *inside* any string: URL user info of any scheme, secret
   ``name=value`` pairs (query strings, ``Password=...;`` connection strings, ``--token=...``), bearer tokens;
 * structure-aware redactors mask the values of secret keys: :func:`redact_mapping` and
-  :func:`mask_secret_values` (configs), :func:`redact_argv` (command lines), :func:`redact_text` (files:
+  :func:`mask_secret_values` (configs), :func:`redact_argv` (command lines), :func:`sptrack.track.redact_files.redact_text` (files:
   ``.py`` recipes through :func:`sptrack.track.redact_python.redact_python`, which keeps the code byte for byte
   and masks only literal values; YAML/TOML/JSON/INI line by line).
 
@@ -15,12 +15,11 @@ Masking errs towards hiding too much: an ambiguous URL loses more than its passw
 
 from __future__ import annotations
 
-import ast
-import os
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any, Iterable, Optional
+
+from sptrack.track.values import plain, scalar
 
 REDACTED = "***"
 
@@ -143,13 +142,6 @@ def redact_value(value: Any) -> Any:
 
 # --- structured values ------------------------------------------------------------------------------------------
 
-def _params():
-    # params.py re-exports this module's names, so it imports us first: import it lazily for _plain/_scalar.
-    from sptrack.track import params
-
-    return params
-
-
 def _hides_something(value: Any) -> bool:
     """Whether a value under a secret key is masked: non-empty text, bytes or containers (numbers, bools, None stay)."""
     return isinstance(value, (str, bytes, bytearray, Mapping, list, tuple, set, frozenset)) and len(value) > 0
@@ -157,7 +149,7 @@ def _hides_something(value: Any) -> bool:
 
 def redact(key: str, value: Any) -> Any:
     """The value to log for ``key``: :data:`REDACTED` for a secret key's text/bytes/container, else :func:`redact_value`."""
-    if is_secret_key(key) and _hides_something(_params()._plain(value)):
+    if is_secret_key(key) and _hides_something(plain(value)):
         return REDACTED
     return redact_value(value)
 
@@ -168,7 +160,6 @@ def mask_secret_values(value: Any) -> Any:
     Secret keys are masked whole, so ``{"auth": {"user": "u", "pass": "p"}}`` becomes ``{"auth": "***"}``; other
     mappings and lists are walked. Used before flattening, so no part of a secret becomes a parameter.
     """
-    plain = _params()._plain
     value = plain(value)
     if isinstance(value, Mapping):
         out = {}
@@ -185,15 +176,14 @@ def mask_secret_values(value: Any) -> Any:
 
 def redact_mapping(params: Any) -> Any:
     """A JSON-ready deep copy of a nested config with secrets masked (for the resolved-config artifact)."""
-    p = _params()
-    params = p._plain(params)
+    params = plain(params)
     if isinstance(params, Mapping):
-        return {str(k): (REDACTED if is_secret_key(k) and _hides_something(p._plain(v)) else redact_mapping(v)) for k, v in params.items()}
+        return {str(k): (REDACTED if is_secret_key(k) and _hides_something(plain(v)) else redact_mapping(v)) for k, v in params.items()}
     if isinstance(params, (list, tuple)):
         return [redact_mapping(v) for v in params]
     if isinstance(params, (str, int, float, bool)) or params is None:
         return redact_value(params)
-    return redact_value(p._scalar(params))
+    return redact_value(scalar(params))
 
 
 def redact_argv(argv: Iterable[str]) -> list[str]:
@@ -358,36 +348,3 @@ def redact_config_text(text: str) -> str:
             block = indent
         lines.append(redact_value(_mask_inline_pairs(masked)) + end)
     return "".join(lines)
-
-
-_PYTHON_SUFFIXES = (".py", ".pyw", ".pyi")
-
-
-def _looks_like_python(text: str) -> bool:
-    # YAML such as "password: hunter2" parses as Python too (an annotation), so parsing alone is not enough:
-    # only modules with imports, functions or classes are taken for code.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return False
-    return any(isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for n in tree.body)
-
-
-def redact_text(text: str, filename: Optional[str] = None) -> str:
-    """Mask credentials in a file's text; ``.py`` sources keep their code byte for byte (only literals change).
-
-    ``filename`` picks the format by its suffix: ``.py`` -> :func:`sptrack.track.redact_python.redact_python`, anything
-    else -> :func:`redact_config_text`. Without a name, text that parses as Python and has imports, functions or
-    classes is taken for Python source.
-    """
-    if filename is not None:
-        python = os.path.splitext(str(filename))[1].lower() in _PYTHON_SUFFIXES
-    else:
-        python = _looks_like_python(text)
-    if python:
-        from sptrack.track.redact_python import redact_python
-
-        return redact_python(text)
-    return redact_config_text(text)

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sptrack.run.launch import detect
+from sptrack.parallel.launch import detect
 
 #: Set in sweep processes started by this module, so that they do not relaunch again.
 LAUNCHED_ENV = "SPTRACK_SWEEP_LAUNCHED"

@@ -59,7 +59,7 @@ def trial_dir(ctx: TrialContext, number: int) -> Path:
 
 
 def _trainer_kwargs(cfg: Any, ctx: TrialContext) -> dict:
-    from sptrack.run.train import trainer_kwargs
+    from sptrack.recipe.trainer_args import trainer_kwargs
 
     kwargs = trainer_kwargs(cfg)
     if is_eval_metric(ctx.monitor):

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from sptrack.errors import ConfigError, suggestion
-from sptrack.run.config import flatten, set_dotted
-from sptrack.run.validate import check_optimizer_accepts, rule_for
+from sptrack.recipe.config import OptimizerEntry, flatten, set_dotted
+from sptrack.recipe.validate import check_optimizer_accepts, rule_for
 
 KINDS = ("log-uniform", "uniform", "int", "log-int")
 # ".." is the only separator: "1e-5...1e-2" does not match (it is not 1e-5 .. .1e-2).
@@ -177,7 +177,7 @@ def _parse(key: str, spec: Any, default: Any, pattern: str) -> Param:
 
 def _check_rule(param: Param, value: Any, where: str) -> None:
     leaf = param.key.rsplit(".", 1)[-1]
-    rule = rule_for(leaf)  # the config's own domain of that key (sptrack.run.validate)
+    rule = rule_for(leaf)  # the config's own domain of that key (sptrack.recipe.validate)
     if rule is None or value is None:
         return
     ok, must = rule
@@ -201,29 +201,37 @@ def _check_types(cfg: Any, param: Param) -> None:
 
 
 def _check_optimizers(cfg: Any, params: Sequence[Param]) -> None:
-    """Build each searched optimizer at every extreme of its searched fields; its own checks must pass."""
+    """Build each searched optimizer at every extreme of its searched arguments; its own checks must pass.
+
+    Searched arguments are the entry's ``lr``, ``weight_decay``, ``momentum``, ``betas`` and any
+    ``optimizer_args.<argument>``.
+    """
     optim = getattr(cfg, "optim", None)
     touched: dict[str, list[Param]] = {}
     for p in params:
         parts = p.key.split(".")
-        if len(parts) == 3 and parts[0] == "optim" and parts[2] in _OPTIMIZER_FIELDS and isinstance(optim, dict):
+        if parts[0] != "optim" or not isinstance(optim, dict) or not isinstance(optim.get(parts[1]), OptimizerEntry):
+            continue
+        if (len(parts) == 3 and parts[2] in _OPTIMIZER_FIELDS) or (len(parts) == 4 and parts[2] == "optimizer_args"):
             touched.setdefault(parts[1], []).append(p)
     if not touched:
         return
-    from sptrack.optim.factory import optimizer_registry
-
-    registry = optimizer_registry()
     for name, fields in touched.items():
         entry = optim[name]
-        cls = registry.get(getattr(entry, "type", None))
-        if cls is None:
-            continue  # an unknown type is reported by the config check with its own suggestion
+        try:
+            check_optimizer_accepts(entry, f"optim.{name}")
+        except ConfigError:
+            continue  # a bad recipe value (e.g. an unknown type) is reported by the config check with its own suggestion
         for p in fields:
+            leaf = p.key.rsplit(".", 1)[1]
             for value in (p.choices if p.kind == "choice" else (p.low, p.high)):
                 trial_entry = copy.deepcopy(entry)
-                setattr(trial_entry, p.key.split(".")[2], value)
+                if p.key.count(".") == 3:
+                    trial_entry.optimizer_args[leaf] = value
+                else:
+                    setattr(trial_entry, leaf, value)
                 try:
-                    check_optimizer_accepts(cls, trial_entry.to_optim()["optimizer"], f"optim.{name}")
+                    check_optimizer_accepts(trial_entry, f"optim.{name}")
                 except ConfigError as err:
-                    raise ConfigError(f"search_space ({p.key})", f"{p.key.split('.')[2]}={value!r}: {str(err).split(': ', 1)[1]}",
+                    raise ConfigError(f"search_space ({p.key})", f"{leaf}={value!r}: {str(err).split(': ', 1)[1]}",
                                       f"Narrow the range of {p.key}.") from None

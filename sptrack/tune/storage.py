@@ -14,9 +14,9 @@ RDB storages get Optuna's heartbeat: a running trial whose worker stops beating 
 ``2 x heartbeat`` seconds is marked FAIL by the next worker that asks for a trial, and a copy of
 it (same parameters) is queued by ``RetryHeartbeatStaleTrialCallback``.
 
-Workers admit new trials under an exclusive file lock next to a SQLite/journal file, so that
-"count, then ask" cannot overshoot the requested number of trials; remote databases have no such
-lock (see :func:`admission_lock`).
+Workers admit new trials under an exclusive lock, so that "count, then ask" cannot overshoot the
+requested number of trials: a file lock next to a SQLite/journal file, a named lock of the server for
+PostgreSQL and MySQL (see :func:`admission_lock`).
 """
 
 from __future__ import annotations
@@ -133,20 +133,56 @@ def open_storage(spec: StorageSpec, heartbeat_s: int, max_retry: int):
 
 
 @contextlib.contextmanager
-def admission_lock(spec: StorageSpec) -> Iterator[None]:
-    """Exclusive across processes (and machines sharing the file system) for file storages.
+def admission_lock(spec: StorageSpec, study_name: str = "") -> Iterator[None]:
+    """Exclusive across every worker of a study, on any machine, while it counts trials and asks for one.
 
-    For a remote database there is no lock: two workers that both see one trial left at the same
-    instant may both start one (the study then holds one extra trial; none is lost or duplicated).
+    File storages: an ``fcntl`` lock on a file beside the store (machines sharing the file system).
+    PostgreSQL / MySQL: a lock of the database server itself, keyed by the study name
+    (``pg_advisory_lock`` / ``GET_LOCK``), released at the end or when the connection drops (a
+    killed worker cannot leave it held). Other databases have no lock: two workers that both see
+    one trial left at the same instant may both start one (one extra trial; none lost or repeated).
     """
-    if not spec.path:
+    if spec.path:
+        import fcntl
+
+        with open(spec.path + ".sptrack-lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+    dialect = urlparse(spec.url).scheme.split("+", 1)[0].lower()
+    statements = _SERVER_LOCKS.get("postgresql" if dialect == "postgres" else dialect)
+    if statements is None:
         yield
         return
-    import fcntl
+    import sqlalchemy
 
-    with open(spec.path + ".sptrack-lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    lock, unlock = statements
+    key = f"sptrack-admission:{study_name}"
+    with _lock_engine(spec.url).connect() as connection:
+        connection.execute(sqlalchemy.text(lock), {"key": key})
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            connection.execute(sqlalchemy.text(unlock), {"key": key})
+            connection.commit()
+
+
+#: dialect -> (take, release) statements of a server-side named lock (session level).
+_SERVER_LOCKS = {
+    "postgresql": ("SELECT pg_advisory_lock(hashtextextended(:key, 0))", "SELECT pg_advisory_unlock(hashtextextended(:key, 0))"),
+    "mysql": ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"),
+    "mariadb": ("SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"),
+}
+_ENGINES: dict = {}
+
+
+def _lock_engine(url: str):
+    """One small SQLAlchemy engine per database URL for the admission lock (apart from Optuna's own)."""
+    if url not in _ENGINES:
+        import sqlalchemy
+
+        _ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    return _ENGINES[url]

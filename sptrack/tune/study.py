@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sptrack.errors import ConfigError, suggestion
-from sptrack.run.launch import resolve_devices
-from sptrack.run.paths import first_missing
+from sptrack.parallel.launch import resolve_devices
+from sptrack.recipe.paths import first_missing
 from sptrack.track.params import redact_value
 from sptrack.tune.distributed import (
     LAUNCHED_ENV,
@@ -134,7 +134,7 @@ def admit(study: Any, spec: StorageSpec, n_trials: int):
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    with admission_lock(spec):
+    with admission_lock(spec, study.study_name):
         if spec.heartbeat:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sptrack.run.recipe import load_recipe
+from sptrack.recipe.loading import load_recipe
 
 _DINO = load_recipe(str(Path(__file__).resolve().parents[2] / "recipes" / "dino.py"))
 Config = _DINO.config_cls

@@ -1,4 +1,4 @@
-"""A real ``mlflow server`` (SQLite backend) on 127.0.0.1 for the tests.
+"""A real ``mlflow server`` on 127.0.0.1 for the tests: its backend store a SQLite file, or any database URL.
 
 Started in its own process group (``mlflow server`` runs uvicorn as a child), so :meth:`kill`
 ends both by the PID of the process we started. The job runner MLflow 3 starts next to the server
@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-START_TIMEOUT_S = 90
+START_TIMEOUT_S = 120  # a first start on a new database creates MLflow's schema (its alembic migrations)
 
 
 def free_port() -> int:
@@ -38,9 +38,12 @@ def healthy(url: str, timeout: float = 1.0) -> bool:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: Optional[int] = None):
+    """``backend_uri`` None: ``sqlite:///<root>/server.db``; else e.g. ``postgresql://user:pw@127.0.0.1:port/mlflow``."""
+
+    def __init__(self, root: Path, port: Optional[int] = None, backend_uri: Optional[str] = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.backend_uri = backend_uri or f"sqlite:///{self.root / 'server.db'}"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: Optional[subprocess.Popen] = None
@@ -56,7 +59,7 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                "--backend-store-uri", self.backend_uri,
                 "--artifacts-destination", str(self.root / "artifacts"),
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             ],
@@ -74,6 +77,10 @@ class MlflowServer:
         output = (self.root / f"server-{self.starts - 1}.log").read_text(errors="replace")[-4000:]
         self.kill()
         raise RuntimeError(f"mlflow server did not become healthy at {self.url}:\n{output}")
+
+    def log(self) -> str:
+        """Everything the server printed, over all its starts."""
+        return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("server-*.log")))
 
     def kill(self) -> None:
         """SIGKILL the server and its children (its process group, whose id is the PID we started)."""

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sptrack.run.config import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
+from sptrack.recipe import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
 
 
 @dataclass
@@ -42,7 +42,7 @@ def build(cfg: Config):
 
     import sptrack
     from sptrack.callbacks import OnlineKNN
-    from sptrack.run.recipe import Experiment
+    from sptrack.recipe import Experiment
 
     class Clusters(Dataset):
         def __init__(self, n: int, seed: int):
@@ -74,7 +74,7 @@ def build(cfg: Config):
         self.log("train/loss", loss, batch_size=len(emb))
         return {"loss": loss, "embedding": emb.detach(), "label": batch["label"]}
 
-    module = sptrack.Module(forward=forward, optim={n: e.to_optim() for n, e in cfg.optim.items()}, backbone=backbone, head=head)
+    module = sptrack.Module(forward=forward, optim=cfg.optim, backbone=backbone, head=head)
 
     class Record(pl.Callback):
         def on_train_start(self, trainer, pl_module):

@@ -1,6 +1,6 @@
 """Domain checks of a resolved recipe config, run before anything is built, trained or written.
 
-Types are checked when a value is set (:func:`sptrack.run.config.coerce`); this module checks what
+Types are checked when a value is set (:func:`sptrack.recipe.config.coerce`); this module checks what
 each key may *be*: counts >= 1, non-negative clip values, known precision and accelerator names,
 learning rates > 0 and finite, optimizer and scheduler names, dataset names and roots. The CLI calls
 :func:`check_config` after the overrides, so ``--dry-run`` reports the same errors a run would.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from sptrack.errors import ConfigError, suggestion
-from sptrack.run.config import DataConfig, EvalConfig, OptimizerEntry, RecipeConfig, TrackerConfig, TrainerConfig, flatten
+from sptrack.recipe.config import DataConfig, EvalConfig, OptimizerEntry, RecipeConfig, TrackerConfig, TrainerConfig, flatten
 
 #: Precision names Lightning 2.x accepts as strings (``lightning_fabric.connector``).
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
@@ -43,7 +43,7 @@ def _is_number(value: Any) -> bool:
 OPTIMIZER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     "frequency": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "weight_decay": (lambda v: v is None or (_is_number(v) and v >= 0), "a finite number >= 0 (or None: the optimizer's default)"),
     "momentum": (lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "in [0, 1]"),
     "warmup_fraction": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "in [0, 1)"),
     "gradient_clip_val": (lambda v: v is None or (_is_number(v) and v >= 0), "a finite number >= 0 (or None)"),
@@ -181,13 +181,14 @@ def check_eval(e: EvalConfig) -> None:
 
 
 def check_optimizer_values(entry: OptimizerEntry, key: str) -> None:
-    """An optimizer entry's regex and numeric domains (no torch needed)."""
-    if not isinstance(entry.modules, str):
-        raise ConfigError(f"{key}.modules", f"must be a regex over module names, got {entry.modules!r}.")
-    try:
-        re.compile(entry.modules)
-    except re.error as err:
-        raise ConfigError(f"{key}.modules", f"invalid regex {entry.modules!r}: {err}.") from None
+    """An optimizer entry's regex, numeric domains, argument dicts and choices (no torch needed)."""
+    if entry.modules is not None:
+        if not isinstance(entry.modules, str):
+            raise ConfigError(f"{key}.modules", f"must be a regex over module names, got {entry.modules!r}.")
+        try:
+            re.compile(entry.modules)
+        except re.error as err:
+            raise ConfigError(f"{key}.modules", f"invalid regex {entry.modules!r}: {err}.") from None
     for field, (ok, must) in OPTIMIZER_RULES.items():
         value = getattr(entry, field)
         if not ok(value):
@@ -195,30 +196,39 @@ def check_optimizer_values(entry: OptimizerEntry, key: str) -> None:
     if entry.betas is not None and not (len(entry.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in entry.betas)):
         raise ConfigError(f"{key}.betas", f"must be two numbers in [0, 1), got {entry.betas!r}.", "Write e.g. (0.9, 0.999).")
     choice(f"{key}.interval", entry.interval, INTERVALS)
+    if entry.gradient_clip_algorithm is not None:
+        choice(f"{key}.gradient_clip_algorithm", entry.gradient_clip_algorithm, CLIP_ALGORITHMS)
+    if entry.monitor is not None and (not isinstance(entry.monitor, str) or not entry.monitor.strip()):
+        raise ConfigError(f"{key}.monitor", f"must be a metric name or None, got {entry.monitor!r}.", "Write e.g. val_loss.")
+    for name in ("optimizer_args", "scheduler_args"):
+        value = getattr(entry, name)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}.{name}", f"must be a dict of keyword arguments, got {value!r}.", "Write e.g. {'eps': 1e-6}.")
 
 
 def check_optimizer_classes(entry: OptimizerEntry, key: str) -> None:
-    """The optimizer and scheduler names, and the arguments the optimizer class accepts (imports torch)."""
-    from sptrack.optim.factory import resolve_optimizer
-    from sptrack.optim.schedulers import resolve_scheduler
-
-    optimizer = dict(entry.to_optim()["optimizer"])
-    spec = resolve_optimizer(optimizer, key)  # errors name key.type, or key.<argument> the class does not take
-    if entry.scheduler is not None:
-        resolve_scheduler(entry.scheduler, f"{key}.scheduler")
-    check_optimizer_accepts(spec.cls, optimizer, key)
+    """The optimizer and scheduler names, the arguments each class takes, and the values the optimizer
+    refuses (imports torch). Errors name the entry's own keys (``key.type``, ``key.scheduler_args.T_max``)."""
+    check_optimizer_accepts(entry, key)
 
 
-def check_optimizer_accepts(cls: type, optimizer: dict, key: str) -> None:
-    """Build ``cls`` on one dummy parameter: whatever its constructor refuses is an error naming ``key``."""
+def check_optimizer_accepts(entry: OptimizerEntry, key: str) -> None:
+    """Resolve ``entry`` as the Module will and build its optimizer on one dummy parameter: whatever
+    the names, signatures or constructor refuse is an error naming the key of the value."""
     import torch
 
-    kwargs = {k: v for k, v in optimizer.items() if k != "type"}
+    from sptrack.optim.config import optimizer_config
+
+    config = optimizer_config(key.rpartition(".")[2], entry, key)
+    spec = config.optimizer
+    if spec.cls is None:
+        return  # a factory function: nothing to check before it is called
     try:
-        cls([torch.zeros(1, requires_grad=True)], **kwargs)
+        spec.build([torch.zeros(1, requires_grad=True)])
     except (ValueError, TypeError, IndexError) as err:
-        named = next((f"{key}.{k}" for k in kwargs if k in str(err)), f"{key}.type")
-        raise ConfigError(named, f"{cls.__name__} rejects {kwargs}: {err}.", "Change the value.") from None
+        given = {k: config.keys[f"optimizer.{k}"] for k in spec.kwargs if f"optimizer.{k}" in config.keys}
+        named = next((where for k, where in given.items() if k in str(err)), config.key_of("optimizer"))
+        raise ConfigError(named, f"{spec.cls.__name__} rejects {spec.kwargs}: {err}.", "Change the value.") from None
 
 
 def check_config(cfg: RecipeConfig, default_dataset: Optional[str] = None) -> None:

@@ -1,96 +1,49 @@
-"""Grouping of queued MLflow records into requests, the on-disk spill file of an outage, and its replay."""
+"""The spill file of an outage and its replay.
+
+``<work_dir>/.sptrack/mlflow-spill/<run_id>.jsonl``: a header line (format version, tracking URI
+without credentials, run id, experiment, creation time), then one record per line (see
+:mod:`~sptrack.track.mlflow.records`); ``<run_id>.jsonl.sent`` holds the byte offset already
+replayed, so a replay cut short resumes where it stopped. While a run may append to its file it
+holds ``<run_id>.jsonl.lock`` (``flock``), and other jobs leave the file alone.
+"""
 
 from __future__ import annotations
 
 import collections
 import json
 import os
+import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from sptrack.track.base import TrackerError, TrackerUnreachableError, log
-from sptrack.track.mlflow_backend import (
-    _MAX_BATCH_VALUE_CHARS,
-    _SPILL_READ_OPS,
-    LIMITS,
-    _Backend,
-    _load_limits,
-    _Rejected,
-    _Transient,
-)
+from sptrack.track.mlflow.backend import Backend, Transient
+from sptrack.track.mlflow.limits import load_limits
+from sptrack.track.mlflow.records import count_points, send_or_isolate, take_chunk
+
+SPILL_DIR = os.path.join(".sptrack", "mlflow-spill")
+SPILL_VERSION = 1
+#: Records read from a spill file at a time during a replay.
+READ_OPS = 5000
 
 
-# ---------------------------------------------------------------------------------------- records
-def _take_chunk(ops: "collections.deque[dict]") -> list[dict]:
-    """Pop the next request's worth of records: a log_batch group, or one artifact/status record."""
-    if not ops:
-        return []
-    if ops[0]["t"] not in ("m", "p", "tag"):
-        return [ops.popleft()]
-    chunk: list[dict] = []
-    n_metrics = n_small = chars = 0
-    while ops and ops[0]["t"] in ("m", "p", "tag"):
-        op = ops[0]
-        if op["t"] == "m":
-            if n_metrics >= LIMITS.metrics_per_batch or n_metrics + n_small >= 1000:
-                break
-            n_metrics += 1
-        else:
-            size = len(op["v"]) + len(op["k"])
-            if n_small >= LIMITS.params_tags_per_batch or chars + size > _MAX_BATCH_VALUE_CHARS or n_metrics + n_small >= 1000:
-                break
-            if op["t"] == "p" and any(o["t"] == "p" and o["k"] == op["k"] for o in chunk):
-                break  # one value per key per request
-            n_small += 1
-            chars += size
-        chunk.append(ops.popleft())
-    return chunk
+def spill_header(tracking_uri: str, run_id: str, experiment: Optional[str]) -> dict:
+    """The first line of a spill file (``tracking_uri`` as shown: without credentials)."""
+    return {"sptrack_spill": SPILL_VERSION, "tracking_uri": tracking_uri, "run_id": run_id, "experiment": experiment}
 
 
-def _send_chunk(backend: _Backend, run_id: str, chunk: list[dict]) -> None:
-    kind = chunk[0]["t"]
-    if kind in ("m", "p", "tag"):
-        backend.log_batch(
-            run_id,
-            [op for op in chunk if op["t"] == "m"],
-            [op for op in chunk if op["t"] == "p"],
-            [op for op in chunk if op["t"] == "tag"],
-        )
-    elif kind == "text":
-        backend.log_text(run_id, chunk[0]["c"], chunk[0]["f"])
-    elif kind == "file":
-        backend.log_file(run_id, chunk[0]["p"], chunk[0].get("a"))
-    elif kind == "status":
-        backend.set_status(run_id, chunk[0]["status"], chunk[0].get("end"))
-    else:
-        raise _Rejected(f"unknown record type {kind!r}")
+class SpillFile:
+    """One spill file; ``header`` (from :func:`spill_header`) is written when :meth:`append` creates it."""
 
-
-def _send_or_isolate(backend: _Backend, run_id: str, chunk: list[dict], rejected_path: Path) -> None:
-    """Send ``chunk``; when the backend refuses it, resend halves so only the bad records are set aside."""
-    try:
-        _send_chunk(backend, run_id, chunk)
-    except _Rejected as e:
-        if len(chunk) == 1:
-            _reject(rejected_path, chunk, e)
-            return
-        middle = len(chunk) // 2
-        _send_or_isolate(backend, run_id, chunk[:middle], rejected_path)
-        _send_or_isolate(backend, run_id, chunk[middle:], rejected_path)
-
-
-def _count_points(ops: Iterable[dict]) -> int:
-    return sum(1 for op in ops if op["t"] == "m")
-
-
-class _SpillFile:
-    """``<run_id>.jsonl``: a header line then one record per line; ``.sent`` holds the replayed byte offset."""
-
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, header: Optional[dict] = None):
         self.path = Path(path)
         self.offset_path = self.path.with_name(self.path.name + ".sent")
+        self.rejected_path = self.path.with_suffix(".rejected.jsonl")
+        self.header = header
+        self._lock_file = None
 
     def exists(self) -> bool:
+        """Whether the file holds records not replayed yet."""
         return self.path.exists() and self.path.stat().st_size > self.sent_offset()
 
     def sent_offset(self) -> int:
@@ -99,22 +52,25 @@ class _SpillFile:
         except (OSError, ValueError):
             return 0
 
-    def append(self, ops: list[dict], header: dict) -> None:
+    def append(self, ops: list[dict]) -> None:
+        """Append records durably (fsync), writing the header first when the file is new."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()
         with open(self.path, "a", encoding="utf-8") as f:
             if new:
-                f.write(json.dumps(header) + "\n")
+                if self.header is None:
+                    raise ValueError(f"{self.path}: a new spill file needs a header")
+                f.write(json.dumps({**self.header, "created": time.time()}) + "\n")
             for op in ops:
                 f.write(json.dumps(op) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
-    def header(self) -> dict:
+    def read_header(self) -> dict:
         with open(self.path, encoding="utf-8") as f:
             return json.loads(f.readline())
 
-    def read(self, limit: int = _SPILL_READ_OPS) -> list[tuple[dict, int]]:
+    def read(self, limit: int = READ_OPS) -> list[tuple[dict, int]]:
         """Up to ``limit`` unsent records with the byte offset just after each."""
         out = []
         offset = self.sent_offset()
@@ -150,7 +106,7 @@ class _SpillFile:
         return True
 
     def unlock(self) -> None:
-        lock_file = getattr(self, "_lock_file", None)
+        lock_file = self._lock_file
         if lock_file is not None:
             lock_file.close()  # releases the flock
             self._lock_file = None
@@ -171,8 +127,11 @@ class _SpillFile:
                 pass
 
 
-def _replay_file(backend: _Backend, spill: _SpillFile, run_id: str) -> int:
-    """Send a spill file's unsent records; raises _Transient (progress kept) or returns the points sent."""
+def replay_file(backend: Backend, spill: SpillFile, run_id: str) -> int:
+    """Send a spill file's unsent records, then remove it; returns the points sent.
+
+    Raises :class:`~sptrack.track.mlflow.backend.Transient` when the backend goes away (progress is kept).
+    """
     points = 0
     while True:
         batch = spill.read()
@@ -181,16 +140,16 @@ def _replay_file(backend: _Backend, spill: _SpillFile, run_id: str) -> int:
         offsets = {id(op): off for op, off in batch}
         pending = collections.deque(op for op, _ in batch)
         while pending:
-            chunk = _take_chunk(pending)
-            _send_or_isolate(backend, run_id, chunk, spill.path.with_suffix(".rejected.jsonl"))
+            chunk = take_chunk(pending)
+            send_or_isolate(backend, run_id, chunk, spill.rejected_path)
             spill.mark_sent(offsets[id(chunk[-1])])
-            points += _count_points(chunk)
+            points += count_points(chunk)
     spill.remove()
     return points
 
 
-def replay_leftovers(spill_dir: Path, tracking_uri: str, backend: _Backend) -> None:
-    """Send the spill files an earlier process left in ``spill_dir`` for ``tracking_uri``.
+def replay_leftovers(spill_dir: Path, tracking_uri: str, backend: Backend) -> None:
+    """Send the spill files an earlier process left in ``spill_dir`` for ``tracking_uri`` (as shown).
 
     Files locked by a running job, or written for another tracking URI, are left alone.
     """
@@ -199,9 +158,9 @@ def replay_leftovers(spill_dir: Path, tracking_uri: str, backend: _Backend) -> N
     for path in sorted(spill_dir.glob("*.jsonl")):
         if path.name.endswith(".rejected.jsonl"):
             continue
-        spill = _SpillFile(path)
+        spill = SpillFile(path)
         try:
-            header = spill.header()
+            header = spill.read_header()
         except (OSError, ValueError):
             continue
         if header.get("tracking_uri") != tracking_uri or not spill.exists():
@@ -209,22 +168,12 @@ def replay_leftovers(spill_dir: Path, tracking_uri: str, backend: _Backend) -> N
         if not spill.lock():
             continue  # a running job owns it
         try:
-            points = _replay_file(backend, spill, header["run_id"])
-        except _Transient as e:
+            points = replay_file(backend, spill, header["run_id"])
+        except Transient as e:
             raise TrackerUnreachableError(f"MLflow tracking server {tracking_uri} went away while replaying {path} ({e}).") from None
         finally:
             spill.unlock()
         log.warning("sptrack.track: replayed %d metric points for run %s from %s.", points, header["run_id"], path)
-
-
-def _reject(path: Path, chunk: list[dict], error: Exception) -> None:
-    log.error(
-        "sptrack.track: MLflow refused %d record(s) (%s); they are kept in %s.", len(chunk), error, path
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for op in chunk:
-            f.write(json.dumps({**op, "error": str(error)}) + "\n")
 
 
 def replay(path: str, tracking_uri: Optional[str] = None) -> int:
@@ -233,19 +182,19 @@ def replay(path: str, tracking_uri: Optional[str] = None) -> int:
     ``tracking_uri`` defaults to the one recorded in the file (credentials are never recorded:
     pass the URI again, or set ``MLFLOW_TRACKING_URI``, when it holds them).
     """
-    _load_limits()
-    spill = _SpillFile(Path(path))
-    header = spill.header()
+    load_limits()
+    spill = SpillFile(Path(path))
+    header = spill.read_header()
     uri = tracking_uri or header.get("tracking_uri")
     if "***" in (uri or ""):
         uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
-    backend = _Backend(uri)
+    backend = Backend(uri)
     backend.check()
     if not spill.lock():
         raise TrackerError(f"{path} is in use by a running job; it sends the file itself when the server is back.")
     try:
-        return _replay_file(backend, spill, header["run_id"])
-    except _Transient as e:
+        return replay_file(backend, spill, header["run_id"])
+    except Transient as e:
         raise TrackerUnreachableError(f"MLflow tracking server {backend.shown_uri} went away during the replay ({e}); run it again.") from None
     finally:
         spill.unlock()

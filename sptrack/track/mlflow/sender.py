@@ -1,41 +1,57 @@
-"""The MLflow sender thread (batched, outage-tolerant) and the system-metrics sampler that feeds it."""
+"""The sender thread: all communication with the backend once a run started, batched and outage-tolerant.
+
+The training thread only :meth:`Sender.put` records. Every ``flush_interval_s`` (or at
+``metrics_per_batch`` queued records) the thread replays the run's spill file, if any, then sends
+the queue in :func:`~sptrack.track.mlflow.records.take_chunk` requests. When the backend stops
+answering it keeps the records, probes every ``retry_interval_s`` and, once the outage lasts
+``spill_after_s`` or more than ``max_buffered_points`` records wait, appends them to the spill file.
+Each step of an outage is announced once on the ``sptrack.track`` logger.
+"""
 
 from __future__ import annotations
 
 import collections
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 from sptrack.track.base import log
-from sptrack.track.mlflow_backend import LIMITS, _Backend, _Transient
-from sptrack.track.mlflow_spill import (
-    _count_points,
-    _replay_file,
-    _send_or_isolate,
-    _SpillFile,
-    _take_chunk,
-)
-
-if TYPE_CHECKING:  # the tracker owns the sender; imported for annotations only
-    from sptrack.track.mlflow_tracker import MLflowTracker
+from sptrack.track.mlflow.backend import Backend, Transient
+from sptrack.track.mlflow.limits import LIMITS
+from sptrack.track.mlflow.records import count_points, send_or_isolate, take_chunk
+from sptrack.track.mlflow.spill import SpillFile, replay_file
 
 
-# ---------------------------------------------------------------------------------------- sender
-class _Sender:
-    """The background thread that owns all communication with the backend after the run started."""
+@dataclass(frozen=True)
+class SendPolicy:
+    """When the sender sends, probes and spills (the tracker's options of the same names)."""
 
-    def __init__(self, tracker: "MLflowTracker", backend: _Backend, run_id: str):
-        self.tracker = tracker
+    flush_interval_s: float = 2.0
+    retry_interval_s: float = 1.0
+    max_buffered_points: int = 100_000
+    spill_after_s: float = 60.0
+
+
+class Sender:
+    """The background thread that owns all communication with ``backend`` for run ``run_id``.
+
+    ``spill`` is the run's spill file (locked for as long as the sender lives); ``sent_points``
+    counts the metric points that reached the backend.
+    """
+
+    def __init__(self, backend: Backend, run_id: str, spill: SpillFile, policy: SendPolicy = SendPolicy()):
         self.backend = backend
         self.run_id = run_id
-        self.spill = _SpillFile(tracker.spill_dir / f"{run_id}.jsonl")
+        self.policy = policy
+        self.spill = spill
         self.spill.lock()  # other jobs starting in this folder leave our spill file alone
         self._ops: collections.deque[dict] = collections.deque()
         self._cv = threading.Condition()
         self._inflight: list[dict] = []
         self._busy = False
         self._exit = False
+        self._flush_now = False
         self._down_since: Optional[float] = None
         self._spill_warned = False
         self._sent_at_down = 0
@@ -45,12 +61,14 @@ class _Sender:
 
     # -- producer side (training thread)
     def put(self, op: dict) -> None:
+        """Queue one record (cheap: the thread sends it)."""
         with self._cv:
             self._ops.append(op)
             if len(self._ops) >= LIMITS.metrics_per_batch:
                 self._cv.notify_all()
 
     def flush(self, timeout: Optional[float]) -> bool:
+        """Wait up to ``timeout`` s (forever: None) until nothing is queued, in flight or spilled; True then."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._flush_now = True
@@ -68,7 +86,7 @@ class _Sender:
                 self._cv.wait(0.05 if left is None else min(0.05, left))
 
     def close(self, timeout: float) -> bool:
-        """Flush for up to ``timeout`` s, stop the thread, and spill whatever could not be sent."""
+        """Flush for up to ``timeout`` s, stop the thread, and spill whatever could not be sent; True if all was sent."""
         done = self.flush(timeout)
         with self._cv:
             self._exit = True
@@ -84,8 +102,6 @@ class _Sender:
         return done and not left
 
     # -- thread
-    _flush_now = False
-
     def _loop(self) -> None:
         while True:
             with self._cv:
@@ -93,11 +109,11 @@ class _Sender:
                     return
                 if self._down_since is not None:
                     # Probe at the retry pace, whatever is logged or flushed meanwhile.
-                    self._cv.wait_for(lambda: self._exit, timeout=self.tracker.retry_interval_s)
+                    self._cv.wait_for(lambda: self._exit, timeout=self.policy.retry_interval_s)
                 else:
                     self._cv.wait_for(
                         lambda: self._exit or self._flush_now or len(self._ops) >= LIMITS.metrics_per_batch,
-                        timeout=self.tracker.flush_interval_s,
+                        timeout=self.policy.flush_interval_s,
                     )
                 if self._exit:
                     return
@@ -118,24 +134,24 @@ class _Sender:
             return
         try:
             if self.spill.exists():
-                self.sent_points += _replay_file(self.backend, self.spill, self.run_id)
+                self.sent_points += replay_file(self.backend, self.spill, self.run_id)
             while True:
                 with self._cv:
-                    chunk = _take_chunk(self._ops)
+                    chunk = take_chunk(self._ops)
                     self._inflight = chunk
                 if not chunk:
                     break
                 try:
-                    _send_or_isolate(self.backend, self.run_id, chunk, self.spill.path.with_suffix(".rejected.jsonl"))
-                    self.sent_points += _count_points(chunk)
-                except _Transient:
+                    send_or_isolate(self.backend, self.run_id, chunk, self.spill.rejected_path)
+                    self.sent_points += count_points(chunk)
+                except Transient:
                     with self._cv:
                         self._ops.extendleft(reversed(chunk))
                         self._inflight = []
                     raise
                 with self._cv:
                     self._inflight = []
-        except _Transient as e:
+        except Transient as e:
             self._went_down(e)
             self._maybe_spill()
             return
@@ -160,8 +176,8 @@ class _Sender:
 
     def _maybe_spill(self) -> None:
         with self._cv:
-            too_many = len(self._ops) > self.tracker.max_buffered_points
-            too_long = time.monotonic() - (self._down_since or time.monotonic()) >= self.tracker.spill_after_s
+            too_many = len(self._ops) > self.policy.max_buffered_points
+            too_long = time.monotonic() - (self._down_since or time.monotonic()) >= self.policy.spill_after_s
             if not self._ops or not (too_many or too_long):
                 return
             ops = list(self._ops)
@@ -169,7 +185,7 @@ class _Sender:
         self._spill(ops)
 
     def _spill(self, ops: list[dict]) -> None:
-        self.spill.append(ops, self.tracker._spill_header(self.run_id))
+        self.spill.append(ops)
         if not self._spill_warned:
             self._spill_warned = True
             log.warning(
@@ -177,50 +193,3 @@ class _Sender:
                 "and will be replayed when it is back (or with: python -m sptrack.track replay %s).",
                 self.backend.shown_uri, self.spill.path, self.spill.path,
             )
-
-
-# ---------------------------------------------------------------------------------------- system metrics
-class _SystemMetrics:
-    """Samples CPU, memory, disk, network (and NVIDIA/AMD GPU when present) like MLflow's own monitor,
-    but feeds the tracker's buffered queue so the samples survive outages too."""
-
-    def __init__(self, tracker: "MLflowTracker", interval_s: float):
-        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
-        from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
-        from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
-
-        self.tracker = tracker
-        self.interval_s = interval_s
-        self.monitors = [CPUMonitor(), DiskMonitor(), NetworkMonitor()]
-        for gpu in ("gpu_monitor.GPUMonitor", "rocm_monitor.ROCMMonitor"):
-            module, cls = gpu.split(".")
-            try:
-                mod = __import__(f"mlflow.system_metrics.metrics.{module}", fromlist=[cls])
-                self.monitors.append(getattr(mod, cls)())
-                break
-            except Exception:  # noqa: BLE001 - no GPU / no pynvml
-                continue
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sptrack-system-metrics", daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> dict[str, float]:
-        metrics = {}
-        for monitor in self.monitors:
-            try:
-                monitor.collect_metrics()
-                metrics.update(monitor.aggregate_metrics())
-            except Exception:  # noqa: BLE001 - a failing probe must not stop the others
-                pass
-            finally:
-                monitor.clear_metrics()
-        return {f"system/{k}": float(v) for k, v in metrics.items()}
-
-    def _loop(self) -> None:
-        self._sample()  # psutil's first cpu_percent() is meaningless
-        while not self._stop.wait(self.interval_s):
-            self.tracker._log_system(self._sample())
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

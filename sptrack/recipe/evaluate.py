@@ -14,8 +14,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from sptrack.run.config import EvalConfig
-from sptrack.run.validate import check_eval
+from sptrack.recipe.config import EvalConfig
+from sptrack.recipe.validate import check_eval
 
 
 @torch.no_grad()

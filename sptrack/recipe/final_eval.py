@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from sptrack.run.evaluate import linear_probe_accuracy, random_init_baseline
+from sptrack.recipe.evaluate import linear_probe_accuracy, random_init_baseline
 
 
 def plain_encoder(experiment):

@@ -1,61 +1,37 @@
-"""MLflow adapter: one run per job, metrics batched from a background thread, outages survived.
+"""``MLflowTracker``: one MLflow run per job, metrics batched from a background thread, outages survived.
 
-Data path: ``log_*`` calls only append records to an in-memory queue (cheap on the training
-thread). A sender thread sends them every ``flush_interval_s`` with ``log_batch`` (up to 1000
-metrics per request) and uploads artifacts. When the server stops answering, the sender keeps the
-records, probes the server every ``retry_interval_s`` and, once the outage lasts
-``spill_after_s`` or more than ``max_buffered_points`` records wait, appends them to
+Data path: ``log_*`` calls only append records to the :class:`~sptrack.track.mlflow.sender.Sender`'s
+queue (cheap on the training thread); the sender thread sends them every ``flush_interval_s`` with
+``log_batch`` (up to 1000 metrics per request) and uploads artifacts. When the server stops
+answering, the sender keeps the records, probes the server every ``retry_interval_s`` and, once the
+outage lasts ``spill_after_s`` or more than ``max_buffered_points`` records wait, appends them to
 ``<work_dir>/.sptrack/mlflow-spill/<run_id>.jsonl``. When the server answers again the file is
 replayed first, then the queue. If the server is still away when the run ends, everything left
 (including the final status) stays in that file; it is replayed automatically the next time a run
 starts against the same tracking URI from the same working directory, or by
-``python -m sptrack.track replay FILE``. Each step is announced once on the ``sptrack.track``
-logger (a warning when the server goes away, when records are spilled and when it is back).
-
-Requests to an ``http(s)`` server are made with MLflow's own HTTP helper and credentials, with
-no retries of their own (the sender retries), so a dead server never blocks for minutes.
+``python -m sptrack.track replay FILE``.
 """
 
 from __future__ import annotations
 
 import atexit
-import getpass
-import hashlib
 import json
 import os
-import re
-import sys
 import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from sptrack.track.base import (
-    FAILED,
-    FINISHED,
-    STATUSES,
-    Tracker,
-    TrackerError,
-    log,
-)
-from sptrack.track.mlflow_backend import (
-    _INVALID_KEY_CHARS,
-    _SPILL_VERSION,
-    DEFAULT_EXPERIMENT,
-    LIMITS,
-    SPILL_DIR,
-    _Backend,
-    _is_http,
-    _load_limits,
-    _one_line,
-    _safe_name,
-    resolve_tracking_uri,
-)
-from sptrack.track.mlflow_sender import _Sender, _SystemMetrics
-from sptrack.track.mlflow_spill import replay_leftovers
+from sptrack.track.base import FAILED, FINISHED, STATUSES, Tracker, TrackerError, log
+from sptrack.track.mlflow.backend import Backend, one_line
+from sptrack.track.mlflow.limits import LIMITS, KeyMapper, load_limits, safe_name
+from sptrack.track.mlflow.runs import default_run_tags, ensure_experiment, last_steps
+from sptrack.track.mlflow.sender import Sender, SendPolicy
+from sptrack.track.mlflow.spill import SPILL_DIR, SpillFile, replay_leftovers, spill_header
+from sptrack.track.mlflow.system import SystemMetrics
+from sptrack.track.mlflow.uris import DEFAULT_EXPERIMENT, is_http, resolve_tracking_uri
 from sptrack.track.params import prepare_params, redact_value
 
-# ---------------------------------------------------------------------------------------- tracker
 _LIVE: "weakref.WeakSet[MLflowTracker]" = weakref.WeakSet()
 
 
@@ -74,7 +50,7 @@ class MLflowTracker(Tracker):
         tracking_uri: ``http(s)://host:port`` of an MLflow server, any SQLAlchemy URI, or ``None``
             for ``$MLFLOW_TRACKING_URI`` or else ``sqlite:///<work_dir>/mlflow.db`` (never the
             deprecated ``./mlruns`` file store).
-        experiment: experiment name (created when missing).
+        experiment: experiment name (created when missing, tagged ``mlflow.experimentKind=custom_model_development``).
         run_name, tags: for new runs.
         run_id: resume this run instead of creating one (a checkpoint's run id wins over nothing,
             this wins over a checkpoint).
@@ -87,6 +63,10 @@ class MLflowTracker(Tracker):
         finish_timeout_s: how long the end of the run waits for an absent server before leaving
             the rest in the spill file.
         request_timeout_s / connect_timeout_s / retry_interval_s: HTTP timeouts and probe period.
+
+    Read-only: :attr:`tracking_uri` (resolved), :attr:`shown_uri` (password masked), and after
+    :meth:`start` :attr:`experiment_id` and :attr:`run_id`: the run's page in the MLflow UI is
+    ``<ui>/#/experiments/<experiment_id>/runs/<run_id>``.
     """
 
     kind = "mlflow"
@@ -112,7 +92,7 @@ class MLflowTracker(Tracker):
     ):
         super().__init__()
         self.work_dir = Path(os.path.abspath(work_dir or os.getcwd()))
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, str(self.work_dir))
+        self._tracking_uri = resolve_tracking_uri(tracking_uri, str(self.work_dir))
         self.experiment = experiment
         self.run_name = run_name
         self.tags = dict(tags or {})
@@ -127,32 +107,41 @@ class MLflowTracker(Tracker):
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retry_interval_s = retry_interval_s
-        self.experiment_id: Optional[str] = None
-        self._backend: Optional[_Backend] = None
-        self._sender: Optional[_Sender] = None
-        self._system: Optional[_SystemMetrics] = None
+        self._experiment_id: Optional[str] = None
+        self._backend: Optional[Backend] = None
+        self._sender: Optional[Sender] = None
+        self._system: Optional[SystemMetrics] = None
         self._params: dict[str, str] = {}
-        self._keys: dict[str, str] = {}
-        self._long_keys: dict[str, str] = {}
+        self._key = KeyMapper()
         self._changed_files = 0
         self._resume_step: Optional[int] = None
 
     @property
+    def tracking_uri(self) -> str:
+        """The resolved tracking URI (credentials included: print :attr:`shown_uri` instead)."""
+        return self._tracking_uri
+
+    @property
     def shown_uri(self) -> str:
         """The tracking URI with any password masked."""
-        return redact_value(self.tracking_uri)
+        return redact_value(self._tracking_uri)
+
+    @property
+    def experiment_id(self) -> Optional[str]:
+        """The id of the run's experiment; None before :meth:`start`."""
+        return self._experiment_id
 
     # ------------------------------------------------------------------ lifecycle
-    def _get_backend(self) -> _Backend:
+    def _get_backend(self) -> Backend:
         if self._backend is None:
-            _load_limits()
-            self._backend = _Backend(self.tracking_uri, self.request_timeout_s, self.connect_timeout_s)
+            load_limits()
+            self._backend = Backend(self._tracking_uri, self.request_timeout_s, self.connect_timeout_s)
         return self._backend
 
     def check(self) -> None:
         """Fail fast, in one line naming the URI, when an http(s) server does not answer."""
-        _load_limits()
-        if _is_http(self.tracking_uri):
+        load_limits()
+        if is_http(self._tracking_uri):
             self._get_backend().check()
 
     def start(self, run_id: Optional[str] = None) -> str:
@@ -170,97 +159,36 @@ class MLflowTracker(Tracker):
                 try:
                     run = client.get_run(run_id)
                 except MlflowException as e:
-                    raise TrackerError(f"MLflow run {run_id} cannot be resumed from {self.shown_uri}: {_one_line(e)}") from None
-                self.experiment_id = run.info.experiment_id
+                    raise TrackerError(f"MLflow run {run_id} cannot be resumed from {self.shown_uri}: {one_line(e)}") from None
+                self._experiment_id = run.info.experiment_id
                 self._params = dict(run.data.params)
-                self._step_floor = self._last_steps(client, run)
+                self._step_floor = last_steps(client, run)
                 self._resume_step = max(self._step_floor.values(), default=None)
                 client.update_run(run_id, status="RUNNING")
                 self.resumed = True
             else:
-                self.experiment_id = self._experiment_id(client)
-                tags = {**self._default_tags(), **{k: str(redact_value(v)) for k, v in self.tags.items()}}
-                run = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
+                self._experiment_id = ensure_experiment(client, self.experiment, self._tracking_uri, self.shown_uri)
+                tags = {**default_run_tags(), **{k: str(redact_value(v)) for k, v in self.tags.items()}}
+                run = client.create_run(self._experiment_id, run_name=self.run_name, tags=tags)
                 run_id = run.info.run_id
                 self._params = {}
                 self._step_floor = {}
                 self.resumed = False
         except MlflowException as e:
-            raise TrackerError(f"MLflow at {self.shown_uri}: {_one_line(e)}") from None
+            raise TrackerError(f"MLflow at {self.shown_uri}: {one_line(e)}") from None
         self.run_id = run_id
         self.last_step = None
-        self._sender = _Sender(self, backend, run_id)
+        spill = SpillFile(self.spill_dir / f"{run_id}.jsonl", header=spill_header(self.shown_uri, run_id, self.experiment))
+        policy = SendPolicy(self.flush_interval_s, self.retry_interval_s, self.max_buffered_points, self.spill_after_s)
+        self._sender = Sender(backend, run_id, spill, policy)
         self.active = True
         _LIVE.add(self)
         if self.system_metrics:
             try:
-                self._system = _SystemMetrics(self, self.system_metrics_interval_s)
+                self._system = SystemMetrics(self._log_system, self.system_metrics_interval_s)
             except Exception as e:  # noqa: BLE001 - e.g. psutil missing
-                log.warning("sptrack.track: system metrics are off (%s).", _one_line(e))
+                log.warning("sptrack.track: system metrics are off (%s).", one_line(e))
         return run_id
-
-    def _experiment_id(self, client) -> str:
-        from mlflow.exceptions import MlflowException
-
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is not None:
-            if experiment.lifecycle_stage == "deleted":
-                raise TrackerError(
-                    f"MLflow experiment {self.experiment!r} at {self.shown_uri} is deleted; restore it or choose another name."
-                )
-            return experiment.experiment_id
-        location = None
-        if self.tracking_uri.startswith("sqlite:///"):
-            # Artifacts next to the database, not in a ./mlruns folder that looks like the old file store.
-            db_dir = os.path.dirname(self.tracking_uri[len("sqlite:///"):])
-            location = Path(db_dir, "mlartifacts", _safe_name(self.experiment)).as_uri()
-        try:
-            return client.create_experiment(self.experiment, artifact_location=location)
-        except MlflowException:
-            experiment = client.get_experiment_by_name(self.experiment)  # created concurrently
-            if experiment is None:
-                raise
-            return experiment.experiment_id
-
-    def _default_tags(self) -> dict[str, str]:
-        from sptrack import __version__
-        from sptrack.track.environment import git_info
-
-        tags = {
-            "mlflow.source.name": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python",
-            "mlflow.source.type": "LOCAL",
-            "sptrack.version": __version__,
-        }
-        try:
-            tags["mlflow.user"] = getpass.getuser()
-        except Exception:  # noqa: BLE001
-            pass
-        git = git_info()
-        if git:
-            tags["mlflow.source.git.commit"] = git["commit"]
-        return tags
-
-    @staticmethod
-    def _last_steps(client, run) -> dict[str, int]:
-        """Largest step per metric key (from the run's latest metrics: no full history download)."""
-        steps = {}
-        for metric in getattr(run.data, "_metric_objs", None) or []:
-            steps[metric.key] = max(steps.get(metric.key, metric.step), metric.step)
-        if not steps:
-            for key in run.data.metrics:
-                history = client.get_metric_history(run.info.run_id, key)
-                if history:
-                    steps[key] = max(m.step for m in history)
-        return steps
-
-    def _spill_header(self, run_id: str) -> dict:
-        return {
-            "sptrack_spill": _SPILL_VERSION,
-            "tracking_uri": self.shown_uri,
-            "run_id": run_id,
-            "experiment": self.experiment,
-            "created": time.time(),
-        }
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         return self._sender.flush(timeout) if self._sender is not None else True
@@ -295,30 +223,15 @@ class MLflowTracker(Tracker):
             raise TrackerError("MLflowTracker: start() the run before logging.")
         self._sender.put(op)
 
-    def _key(self, key: str) -> str:
-        """A valid MLflow key for ``key`` (invalid characters -> ``_``; over-long keys shortened with a hash)."""
-        cached = self._keys.get(key)
-        if cached is not None:
-            return cached
-        clean = _INVALID_KEY_CHARS.sub("_", key)
-        clean = re.sub(r"/{2,}", "/", clean).strip("/")
-        clean = "/".join("_" if part in (".", "..") else part for part in clean.split("/")) or "_"
-        if len(clean) > LIMITS.key:
-            digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-            clean = clean[: LIMITS.key - 11] + "-" + digest
-            self._long_keys[clean] = key
-        self._keys[key] = clean
-        return clean
-
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = prepare_params(params)
         changed = {}
-        long_keys_before = len(self._long_keys)
+        shortened_before = len(self._key.shortened)
         for key, value in flat.items():
             text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             name = self._key(key)
             if len(text) > LIMITS.param_value:
-                artifact = f"params/{_safe_name(key)[:150]}.txt"
+                artifact = f"params/{safe_name(key)[:150]}.txt"
                 self.log_text(text, artifact)
                 text = f"<{len(text)} characters, more than MLflow's {LIMITS.param_value}: full value in artifact {artifact}>"
             logged = self._params.get(name)
@@ -328,8 +241,8 @@ class MLflowTracker(Tracker):
                 continue
             self._params[name] = text
             self._put({"t": "p", "k": name, "v": text})
-        if len(self._long_keys) > long_keys_before:
-            self.log_dict(self._long_keys, "params/long_keys.json")
+        if len(self._key.shortened) > shortened_before:
+            self.log_dict(self._key.shortened, "params/long_keys.json")
         if changed:
             self._changed_files += 1
             artifact = f"params/changed_{self._changed_files}.json"
@@ -346,6 +259,7 @@ class MLflowTracker(Tracker):
             self._put({"t": "m", "k": self._key(key), "v": value, "ts": ts, "s": step})
 
     def _log_system(self, metrics: dict[str, float]) -> None:
+        """System samples, at the latest training step (the first new one of a resumed run before any)."""
         if not self.active or self._sender is None:
             return
         step = self.last_step if self.last_step is not None else (self._resume_step + 1 if self._resume_step is not None else 0)

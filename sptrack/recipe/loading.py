@@ -17,35 +17,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from sptrack.errors import ConfigError, suggestion
-from sptrack.run.config import RecipeConfig
-from sptrack.run.failures import recipe_failure
-
-
-@dataclass
-class Experiment:
-    """What a recipe builds: the Module, its loaders and callbacks, and how to embed images.
-
-    ``encoder_factory()`` returns a fresh, randomly initialised encoder of the same architecture
-    (same seed), used for the random-init baseline; ``embed(encoder, images)`` maps an image batch
-    to embeddings for the final linear evaluation.
-    """
-
-    module: Any
-    train_loader: Any
-    val_loader: Any
-    callbacks: list
-    encoder: Any
-    encoder_factory: Callable[[], Any]
-    embed: Callable[[Any, Any], Any]
-    eval_train_loader: Optional[Any] = None
-
-    @property
-    def probe_train_loader(self) -> Any:
-        """What linear probes fit on: ``eval_train_loader`` (un-augmented images) when given, else ``train_loader``."""
-        return self.eval_train_loader or self.train_loader
+from sptrack.recipe.config import RecipeConfig
+from sptrack.recipe.experiment import Experiment
+from sptrack.recipe.failures import recipe_failure
 
 
 @dataclass
@@ -76,8 +53,8 @@ class Recipe:
 
 
 def recipes_dir() -> Path:
-    """The ``recipes/`` folder next to the package (a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "recipes"
+    """The recipes shipped with the package (``sptrack/recipes``; ``recipes/`` in a checkout links there)."""
+    return Path(__file__).resolve().parents[1] / "recipes"
 
 
 def _resolve_path(spec: str) -> Path:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 from sptrack.callbacks import OnlineKNN, OnlineProbe, RankMe
 from sptrack.data.loaders import RecipeLoaders, recipe_loaders
-from sptrack.run.config import RecipeConfig
+from sptrack.recipe.config import RecipeConfig
 
 
 def loaders_for(cfg: RecipeConfig, train_transform: Optional[Callable[[dict], Any]]) -> RecipeLoaders:

@@ -1,86 +1,39 @@
-"""MLflow limits, tracking-URI resolution and the thin client that talks to a store or server."""
+"""The thin client that talks to one tracking URI: REST without retries of its own, or a store.
+
+Every failure comes out as one of two exceptions the sender acts on: :class:`Transient` (no
+answer, 5xx, 429, a locked database: keep the records and retry) or :class:`Rejected` (the backend
+refused them: retrying cannot help). Requests to an ``http(s)`` server use MLflow's own HTTP helper
+and credentials with ``max_retries=0``, so a dead server never blocks for minutes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-from typing import Optional
-from urllib.parse import urlparse
+from typing import Callable, Optional
 
-from sptrack.track.base import TrackerError, TrackerUnreachableError
+from sptrack.track.base import TrackerUnreachableError
+from sptrack.track.mlflow.uris import is_http
 from sptrack.track.params import redact_value
 
-DEFAULT_EXPERIMENT = "sptrack"
-DEFAULT_DB_NAME = "mlflow.db"
-SPILL_DIR = os.path.join(".sptrack", "mlflow-spill")
-_SPILL_VERSION = 1
-
-class _Limits:
-    """MLflow 3.x validation limits; :func:`_load_limits` refreshes them from mlflow.utils.validation.
-
-    One shared object (not module constants) so that every module of the adapter sees the refresh.
-    """
-
-    param_value = 6000
-    tag_value = 8000
-    key = 250
-    metrics_per_batch = 1000
-    params_tags_per_batch = 100
-
-
-LIMITS = _Limits()
-_MAX_BATCH_VALUE_CHARS = 500_000  # well under MAX_BATCH_LOG_REQUEST_SIZE (1e6 bytes)
-_SPILL_READ_OPS = 5000
-_INVALID_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-_PERMANENT_CODES = {
+#: MLflow error codes that mean "this request will never succeed".
+PERMANENT_CODES = frozenset({
     "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST", "INVALID_STATE",
     "RESOURCE_ALREADY_EXISTS", "PERMISSION_DENIED", "UNAUTHENTICATED", "NOT_FOUND", "ENDPOINT_NOT_FOUND",
-}
+})
 
 
-def _load_limits() -> None:
-    try:
-        from mlflow.utils import validation as v
-    except ImportError:  # pragma: no cover - MLflow is a dependency
-        return
-    LIMITS.param_value = getattr(v, "MAX_PARAM_VAL_LENGTH", LIMITS.param_value)
-    LIMITS.tag_value = getattr(v, "MAX_TAG_VAL_LENGTH", LIMITS.tag_value)
-    LIMITS.key = getattr(v, "MAX_ENTITY_KEY_LENGTH", LIMITS.key)
-    LIMITS.metrics_per_batch = getattr(v, "MAX_METRICS_PER_BATCH", LIMITS.metrics_per_batch)
-    LIMITS.params_tags_per_batch = getattr(v, "MAX_PARAMS_TAGS_PER_BATCH", LIMITS.params_tags_per_batch)
+class Transient(Exception):
+    """The backend did not answer (or answered 5xx/429): keep the records and retry later."""
 
 
-
-# ---------------------------------------------------------------------------------------- URIs
-def resolve_tracking_uri(tracking_uri: Optional[str] = None, work_dir: Optional[str] = None) -> str:
-    """The tracking URI to use: the argument, else ``$MLFLOW_TRACKING_URI``, else
-    ``sqlite:///<work_dir or cwd>/mlflow.db``.
-
-    MLflow's file store (``./mlruns``, ``file:``) is refused: MLflow 3.x keeps it in maintenance
-    mode. A bare path ending in ``.db``/``.sqlite`` is taken as a SQLite file.
-    """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        return "sqlite:///" + os.path.abspath(os.path.join(work_dir or os.getcwd(), DEFAULT_DB_NAME))
-    scheme = urlparse(uri).scheme
-    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):] if uri.startswith("file:") else uri
-        if path.endswith((".db", ".sqlite", ".sqlite3")):
-            return "sqlite:///" + os.path.abspath(path)
-        raise TrackerError(
-            f"MLflow tracking URI {redact_value(uri)!r} is a file store, which MLflow 3 no longer supports for tracking. "
-            f"Use sqlite:///{os.path.abspath(os.path.join(path, DEFAULT_DB_NAME))} (or a path ending in .db), "
-            "or an http(s):// server."
-        )
-    return uri
+class Rejected(Exception):
+    """The backend refused the records (4xx): retrying cannot help."""
 
 
-def _is_http(uri: str) -> bool:
-    return urlparse(uri).scheme in ("http", "https")
-
-
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """A short, single-line description of a connection or MLflow error."""
     text = str(error)
     match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if match:
@@ -92,28 +45,18 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
 
 
-def _safe_name(key: str) -> str:
-    return re.sub(r"[^\w.\-]+", "_", key).strip("._") or "value"
+class Backend:
+    """Talks to one tracking URI: ``log_batch``/status over REST (no built-in retries) or a store.
 
-
-# ---------------------------------------------------------------------------------------- backend
-class _Transient(Exception):
-    """The backend did not answer (or answered 5xx/429): keep the records and retry later."""
-
-
-class _Rejected(Exception):
-    """The backend refused the records (4xx): retrying cannot help."""
-
-
-class _Backend:
-    """Talks to one tracking URI: ``log_batch``/status over REST (no built-in retries) or a store."""
+    ``client`` is the ``MlflowClient`` for everything else (runs, experiments, artifacts).
+    """
 
     def __init__(self, uri: str, request_timeout_s: float = 15.0, connect_timeout_s: float = 5.0):
         from mlflow import MlflowClient
 
         self.uri = uri
         self.shown_uri = redact_value(uri)
-        self.http = _is_http(uri)
+        self.http = is_http(uri)
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.client = MlflowClient(uri)
@@ -134,11 +77,11 @@ class _Backend:
                 raise_on_status=False, **kwargs,
             )
         except Exception as e:  # noqa: BLE001 - connection errors come as MlflowException
-            raise _Transient(_one_line(e)) from e
+            raise Transient(one_line(e)) from e
         if response.status_code >= 500 or response.status_code == 429:
-            raise _Transient(f"HTTP {response.status_code}")
+            raise Transient(f"HTTP {response.status_code}")
         if response.status_code >= 400:
-            raise _Rejected(f"HTTP {response.status_code}: {response.text[:300]}")
+            raise Rejected(f"HTTP {response.status_code}: {response.text[:300]}")
         return response
 
     def healthy(self) -> bool:
@@ -147,9 +90,9 @@ class _Backend:
             return True
         try:
             self._request("/health", "GET", None, self.connect_timeout_s)
-        except _Transient:
+        except Transient:
             return False
-        except _Rejected:
+        except Rejected:
             return True
         return True
 
@@ -159,15 +102,16 @@ class _Backend:
             return
         try:
             self._request("/health", "GET", None, self.connect_timeout_s)
-        except _Transient as e:
+        except Transient as e:
             raise TrackerUnreachableError(
                 f"MLflow tracking server {self.shown_uri} is unreachable ({e}); start it or pass another tracking URI."
             ) from None
-        except _Rejected:
+        except Rejected:
             pass
 
     # -- operations
     def log_batch(self, run_id: str, metrics: list, params: list, tags: list) -> None:
+        """Send queued ``{"k", "v", "ts", "s"}`` metric and ``{"k", "v"}`` param/tag records in one request."""
         from mlflow.entities import Metric, Param, RunTag
 
         metric_objs = [Metric(op["k"], op["v"], op["ts"], op["s"]) for op in metrics]
@@ -187,7 +131,7 @@ class _Backend:
             )
             self._request("/api/2.0/mlflow/runs/log-batch", "POST", json.loads(body), self.request_timeout_s)
             return
-        self._store_call(lambda: self.client.log_batch(run_id, metrics=metric_objs, params=param_objs, tags=tag_objs, synchronous=True))
+        self.store_call(lambda: self.client.log_batch(run_id, metrics=metric_objs, params=param_objs, tags=tag_objs, synchronous=True))
 
     def set_status(self, run_id: str, status: str, end_time: Optional[int]) -> None:
         if self.http:
@@ -197,36 +141,37 @@ class _Backend:
             self._request("/api/2.0/mlflow/runs/update", "POST", body, self.request_timeout_s)
             return
         if status == "RUNNING":
-            self._store_call(lambda: self.client.update_run(run_id, status="RUNNING"))
+            self.store_call(lambda: self.client.update_run(run_id, status="RUNNING"))
         else:
-            self._store_call(lambda: self.client.set_terminated(run_id, status=status, end_time=end_time))
+            self.store_call(lambda: self.client.set_terminated(run_id, status=status, end_time=end_time))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._artifact_call(lambda: self.client.log_text(run_id, text, artifact_file))
 
     def log_file(self, run_id: str, path: str, artifact_path: Optional[str]) -> None:
         if not os.path.exists(path):
-            raise _Rejected(f"artifact file {path} no longer exists")
+            raise Rejected(f"artifact file {path} no longer exists")
         self._artifact_call(lambda: self.client.log_artifact(run_id, path, artifact_path))
 
-    def _artifact_call(self, fn) -> None:
+    def _artifact_call(self, fn: Callable[[], object]) -> None:
         if self.http and not self.healthy():
-            raise _Transient("server unreachable")
-        self._store_call(fn)
+            raise Transient("server unreachable")
+        self.store_call(fn)
 
     @staticmethod
-    def _store_call(fn) -> None:
+    def store_call(fn: Callable[[], object]) -> None:
+        """Run one ``MlflowClient`` call, its failure turned into :class:`Transient` or :class:`Rejected`."""
         from mlflow.exceptions import MlflowException
 
         try:
             fn()
         except MlflowException as e:
-            if getattr(e, "error_code", None) in _PERMANENT_CODES:
-                raise _Rejected(_one_line(e)) from e
-            raise _Transient(_one_line(e)) from e
+            if getattr(e, "error_code", None) in PERMANENT_CODES:
+                raise Rejected(one_line(e)) from e
+            raise Transient(one_line(e)) from e
         except (OSError, TimeoutError) as e:
-            raise _Transient(_one_line(e)) from e
+            raise Transient(one_line(e)) from e
         except Exception as e:  # noqa: BLE001 - e.g. sqlalchemy OperationalError (database is locked)
             if type(e).__module__.startswith("sqlalchemy") and "Operational" in type(e).__name__:
-                raise _Transient(_one_line(e)) from e
-            raise _Rejected(_one_line(e)) from e
+                raise Transient(one_line(e)) from e
+            raise Rejected(one_line(e)) from e

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from sptrack.errors import ConfigError, suggestion
+from sptrack.optim.entry import OptimizerEntry as OptimizerEntry  # the optimizer schema lives in the core; no torch
 
 
 @dataclass
@@ -42,7 +44,7 @@ class TrainerConfig:
     gradient_clip_algorithm: str = "norm"
     precision: str = "32-true"
     accelerator: str = "cpu"
-    # None: what the launcher (torchrun, SLURM) started, else 1 (sptrack.run.launch.resolve_devices).
+    # None: what the launcher (torchrun, SLURM) started, else 1 (sptrack.parallel.launch.resolve_devices).
     devices: Optional[int] = None
     num_nodes: Optional[int] = None
     strategy: str = "auto"
@@ -59,11 +61,20 @@ class TrainerConfig:
     keep_checkpoints: int = 3
 
 
+#: Environment variable with the default tracker kind (e.g. ``none`` on a machine that tracks nothing).
+TRACKER_ENV = "SPTRACK_TRACKER"
+
+
 @dataclass
 class TrackerConfig:
-    """Where the run is tracked ('none', 'mlflow', 'wandb')."""
+    """Where the run is tracked ('mlflow', 'wandb' or 'none').
 
-    kind: str = "none"
+    ``kind`` defaults to ``$SPTRACK_TRACKER``, else ``mlflow``; MLflow with ``uri`` None records
+    into ``$MLFLOW_TRACKING_URI``, else the embedded store ``<trainer.output_dir>/mlflow.db`` (one
+    SQLite file shared by every run of that directory, so they can be compared; no server needed).
+    """
+
+    kind: str = field(default_factory=lambda: os.environ.get(TRACKER_ENV, "mlflow"))
     uri: Optional[str] = None
     experiment: Optional[str] = None
     run_name: Optional[str] = None
@@ -74,47 +85,6 @@ class EvalConfig:
     """The end-of-run linear evaluation."""
 
     baseline_inits: int = 5  # random-init encoders whose mean probe accuracy is the baseline
-
-
-@dataclass
-class OptimizerEntry:
-    """One named optimizer of a recipe: its modules regex, optimizer, schedule and step rules."""
-
-    modules: str
-    type: str = "AdamW"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: Optional[float] = None
-    betas: Optional[tuple] = None
-    scheduler: Optional[str] = "LinearWarmupCosineAnnealingLR"
-    warmup_fraction: Optional[float] = None
-    interval: str = "step"
-    frequency: int = 1
-    gradient_clip_val: Optional[float] = None
-
-    def to_optim(self) -> dict:
-        """The entry in the form ``sptrack.Module(optim=...)`` takes."""
-        kwargs: dict[str, Any] = {"type": self.type, "lr": self.lr}
-        if self.weight_decay:
-            kwargs["weight_decay"] = self.weight_decay
-        if self.momentum is not None:
-            kwargs["momentum"] = self.momentum
-        if self.betas is not None:
-            kwargs["betas"] = tuple(self.betas)
-        entry: dict[str, Any] = {
-            "modules": self.modules,
-            "optimizer": kwargs,
-            "interval": self.interval,
-            "frequency": self.frequency,
-        }
-        if self.scheduler:
-            scheduler: dict[str, Any] = {"type": self.scheduler}
-            if self.warmup_fraction is not None and self.scheduler == "LinearWarmupCosineAnnealingLR":
-                scheduler["warmup_fraction"] = self.warmup_fraction
-            entry["scheduler"] = scheduler
-        if self.gradient_clip_val is not None:
-            entry["gradient_clip_val"] = self.gradient_clip_val
-        return entry
 
 
 @dataclass

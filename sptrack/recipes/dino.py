@@ -1,0 +1,152 @@
+"""DINO: self-distillation with a centred EMA teacher, multi-crop views, a small CNN or ViT on MNIST-5k.
+
+Student and teacher share one architecture (backbone + DINO head); the teacher is an EMA of the student
+(cosine momentum from ``ema_base`` to 1) and sees only the global views; its outputs are centred
+(momentum 0.9) and sharpened with the teacher temperature (warm-up from ``warmup_teacher_temp`` to
+``teacher_temp``); the student temperature is 0.1. Two named optimizers (backbone, head) plus the
+online probe's own; kNN and RankMe on held-out data.
+
+Defaults are tuned for MNIST-5k on 2 CPU cores; each departure from the paper's ImageNet values
+says what it measured (held-out linear probe, 30 epochs). Digits are not mirror-symmetric and are
+nearly binary, so flips and solarization teach invariances the labels do not have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sptrack.recipe import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
+
+
+@dataclass
+class ModelConfig:
+    """Student/teacher backbone (a ViT, or a small CNN) and the DINO projection head.
+
+    Measured on MNIST-5k (held-out probe; baseline = mean of 5 random inits of the same backbone):
+    the ViT reaches 0.912 against 0.694 (+21.8) at seed 0, and 0.869-0.912 over seeds 0-4 (mean
+    0.890, +19.5); the defaults were chosen in seed-0 runs. ``backbone=cnn`` with ``optim.*.lr=4e-3`` reaches
+    0.962-0.976 over seeds and thread counts in half the time, but random CNNs are strong digit
+    features (0.727-0.847, mean 0.778), so its gain is smaller (+19.2 in the README run).
+    """
+
+    backbone: Literal["vit", "cnn"] = "vit"
+    cnn_widths: tuple = (16, 32, 64)  # CNN only; the embedding is the last width, average-pooled
+    patch_size: int = 4  # ViT only, as are embed_dim, depth, num_heads and pool
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    pool: Literal["mean", "cls"] = "mean"  # of the patch tokens; CLS: 0.890 vs mean 0.912
+    out_dim: int = 256  # 1024 prototypes: 0.869, 256: 0.876 (ViT; 10 classes, 4,000 images)
+    head_hidden_dim: int = 256
+    bottleneck_dim: int = 64
+    head_norm: str | None = "bn"  # BatchNorm in the head's MLP (DINO's option for small backbones)
+
+
+@dataclass
+class DINOConfig:
+    """The method's own knobs (paper defaults, shortened schedules for small runs)."""
+
+    n_global: int = 2
+    n_local: int = 0  # measured on MNIST-5k: 2 global crops for 30 epochs beat 4 local crops for 12 (0.869 vs 0.805)
+    global_size: int = 28
+    local_size: int = 12
+    global_scale: tuple = (0.4, 1.0)
+    local_scale: tuple = (0.2, 0.5)  # MNIST digits: smaller crops are mostly background
+    flip_p: float = 0.0  # mirrored digits are not digits: flips 0.5 gave 0.876, none 0.897
+    solarize_p: tuple = (0.0, 0.0)  # per global view; DINO's (0, 0.2) erases MNIST strokes: 0.897 -> 0.912 without
+    blur_p: tuple = (1.0, 0.1)  # per global view
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # warming up to the paper's 0.07 gave 0.841
+    warmup_teacher_temp: float = 0.04
+    warmup_fraction: float = 0.3
+    center_momentum: float = 0.9
+    ema_base: float = 0.99  # faster teacher for runs of a few hundred steps
+
+
+@dataclass
+class Config(RecipeConfig):
+    """Every knob of the recipe; override any with key=value on the command line."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="mnist5k", batch_size=64))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=30))
+    optim: dict = field(
+        default_factory=lambda: {
+            "backbone": OptimizerEntry(modules="student.backbone", type="AdamW", lr=5e-4, weight_decay=0.04),
+            "head": OptimizerEntry(modules="student.head", type="AdamW", lr=5e-4, weight_decay=0.04),
+        }
+    )
+    probe_lr: float = 1e-3
+    search_space: dict = field(default_factory=lambda: {"optim.*.lr": "log-uniform x0.1..x10", "optim.*.frequency": [1, 2]})
+
+
+def build(cfg: Config):
+    """The DINO Module, its loaders and evaluation callbacks for ``cfg``."""
+    import torch
+    from torch import nn
+
+    import sptrack
+    from sptrack.callbacks import EMATeacher, EMAUpdate
+    from sptrack.data import MultiCropViews
+    from sptrack.methods import DINOLoss
+    from sptrack.nn import DINOHead, SmallCNN, ViT
+    from sptrack.recipe import Experiment
+    from sptrack.recipe.parts import evaluation_callbacks, loaders_for
+
+    m, d = cfg.model, cfg.dino
+
+    def make_backbone() -> nn.Module:
+        if m.backbone == "cnn":
+            return SmallCNN(in_chans=1, widths=m.cnn_widths)
+        return ViT(img_size=d.global_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+                   use_cls_token=m.pool == "cls")
+
+    backbone = make_backbone()
+    student = nn.ModuleDict({
+        "backbone": backbone,
+        "head": DINOHead(backbone.embed_dim, out_dim=m.out_dim, hidden_dim=m.head_hidden_dim, bottleneck_dim=m.bottleneck_dim,
+                         norm=m.head_norm),
+    })
+
+    def forward(self, batch, stage):
+        if stage != "fit":
+            return {"embedding": self.student["backbone"](batch["image"]), "label": batch["label"]}
+        views = batch["views"]
+        global_views, local_views = views[: d.n_global], views[d.n_global :]
+        # Views of one size go through the network together: one pass per crop size.
+        s_out = self.student["head"](self.student["backbone"](torch.cat(global_views))).chunk(len(global_views))
+        if local_views:
+            s_out += self.student["head"](self.student["backbone"](torch.cat(local_views))).chunk(len(local_views))
+        with torch.no_grad():
+            t_out = self.teacher.module["head"](self.teacher.module["backbone"](torch.cat(global_views))).chunk(len(global_views))
+            # Probe and kNN learn from un-augmented images, like the held-out images they are scored on.
+            embedding = self.student["backbone"](batch["image"])
+        progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
+        loss = self.dino_loss(list(s_out), list(t_out), progress)
+        self.dino_loss.update_center(t_out)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(embedding))
+        return {"loss": loss, "embedding": embedding, "label": batch["label"]}
+
+    module = sptrack.Module(
+        forward=forward,
+        optim=cfg.optim,
+        student=student,
+        teacher=EMATeacher(student, base=d.ema_base),
+        dino_loss=DINOLoss(m.out_dim, d.student_temp, d.teacher_temp, d.warmup_teacher_temp, d.warmup_fraction, d.center_momentum),
+        hparams={"recipe": "dino"},
+    )
+    views = MultiCropViews(global_size=d.global_size, local_size=d.local_size, n_global=d.n_global, n_local=d.n_local,
+                           global_scale=d.global_scale, local_scale=d.local_scale, flip_p=d.flip_p,
+                           solarize_p=d.solarize_p, blur_p=d.blur_p)
+    loaders = loaders_for(cfg, views)
+    callbacks = [
+        EMAUpdate("student", "teacher"),
+        *evaluation_callbacks(backbone.embed_dim, cfg.probe_lr),
+    ]
+    return Experiment(
+        module=module, train_loader=loaders.train, val_loader=loaders.val, eval_train_loader=loaders.train_plain,
+        callbacks=callbacks, encoder=student["backbone"], encoder_factory=make_backbone, embed=lambda enc, x: enc(x),
+    )
+
