@@ -45,3 +45,23 @@ def unknown_name_error(key: str, kind: str, name: str, valid: Iterable[str]) -> 
         shown = ", ".join(valid[:12]) + (", ..." if len(valid) > 12 else "")
         hint = f" Valid {kind}s: {shown}."
     return ConfigError(key, f"unknown {kind} {name!r}.", hint)
+
+
+#: pip installs of the SQLAlchemy drivers a database URL may need, by the module name an ImportError gives.
+DRIVER_PACKAGES = {"psycopg": "'sptrack[postgres]'", "psycopg2": "psycopg2-binary", "pymysql": "pymysql", "MySQLdb": "mysqlclient"}
+
+
+def missing_module(err: BaseException) -> "str | None":
+    """The top-level module an ImportError, or what it was raised from (Optuna re-raises SQLAlchemy's), could not find."""
+    while err is not None:
+        if getattr(err, "name", None):
+            return err.name.split(".")[0]
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def missing_driver_error(key: str, shown_url: str, err: ImportError, alternative: str = "") -> ConfigError:
+    """The one-line error for a database URL whose driver is not installed (``shown_url`` has its password masked)."""
+    module = missing_module(err) or "its driver"
+    fix = f"Install it (pip install {DRIVER_PACKAGES.get(module, module)})" + (f" or {alternative}" if alternative else "") + "."
+    return ConfigError(key, f"{shown_url} needs the database driver {module!r}, which is not installed.", fix)

@@ -119,10 +119,14 @@ CASES = [
     ([DINO, "--sweep", "search_space={'optim.*.lr': 'log-uniform 1e-5...1e-2'}", "--dry-run"],
      "search_space['optim.*.lr'] (optim.backbone.lr)", "KIND LOW..HIGH"),
     ([DINO, "--sweep", "--storage", f"postgresql://user:{SECRET}@127.0.0.1:{{port}}/optuna", "--trials", "1"], "--storage", "user:***@"),
+    ([DINO, "--sweep", "--storage", f"mysql+pymysql://user:{SECRET}@127.0.0.1:{{port}}/optuna", "--trials", "1"], "--storage",
+     "needs the database driver 'pymysql', which is not installed. Install it (pip install pymysql)"),
     ([TINY_SWEEP, "--sweep", "--trials", "3", "--objective", "eval/knn_accc"], "--objective", "Did you mean 'eval/knn_acc'"),
     # found once training starts
     ([DINO, *SHORT, "optim.head.scheduler=ReduceLROnPlateau"], "optim.head.monitor", "'val_loss'"),
     ([DINO, *SHORT, "--tracker", "mlflow", "tracker.uri=http://127.0.0.1:{port}"], "tracker.uri", "unreachable"),
+    ([DINO, *SHORT, "--tracker", "mlflow", f"tracker.uri=mysql+pymysql://u:{SECRET}@127.0.0.1:{{port}}/db"], "tracker",
+     "mysql+pymysql://u:***@127.0.0.1"),
 ]
 
 

@@ -180,3 +180,21 @@ def test_tracker_none_records_nothing(tmp_path, monkeypatch, capsys):
     assert main(["dino", *TINY, "--tracker", "none", f"trainer.output_dir={tmp_path}"]) == 0
     assert "tracked:" not in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dino"]
+
+
+def test_a_wandb_run_without_credentials_is_offline_and_the_report_prints_the_sync_command(tmp_path, monkeypatch, capsys):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # no ~/.netrc: no credentials
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out_dir = tmp_path / "out"
+    assert main(["dino", *TINY, "--tracker", "wandb", f"trainer.output_dir={out_dir}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("tracked:", "upload it:"))]
+    assert len(lines) == 2 and lines[0].startswith("tracked: W&B offline run "), lines
+    run_id = lines[0].split()[4]
+    target = Path(lines[1].split("upload it: wandb sync ", 1)[1])
+    assert target.parent == out_dir / "wandb" and target.name.startswith("offline-run-") and target.name.endswith(run_id)
+    assert len(list(target.glob("*.wandb"))) == 1  # the run's records, which `wandb sync` uploads

@@ -28,13 +28,11 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
-from sptrack.errors import ConfigError, suggestion
+from sptrack.errors import ConfigError, missing_driver_error, suggestion
 from sptrack.track.params import redact_value
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-#: pip packages of the SQLAlchemy drivers an import error names.
-_DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pymysql": "pymysql", "MySQLdb": "mysqlclient"}
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql", "cockroachdb")
 
 
@@ -122,9 +120,7 @@ def open_storage(spec: StorageSpec, heartbeat_s: int, max_retry: int):
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             )
         except ImportError as err:  # SQLAlchemy's driver for the scheme (psycopg for postgresql://, ...)
-            module = getattr(err, "name", None) or "its driver"
-            raise ConfigError("--storage", f"{spec.shown_url} needs the database driver {module!r}, which is not installed.",
-                              f"Install it (pip install {_DRIVER_PACKAGES.get(module, module)}) or use sqlite:/// or journal:.") from None
+            raise missing_driver_error("--storage", spec.shown_url, err, "use sqlite:/// or journal:") from None
         except Exception as err:  # noqa: BLE001 - SQLAlchemy's connection errors: one line, the password masked
             if type(err).__module__.split(".")[0] != "sqlalchemy":
                 raise

@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from sptrack.errors import missing_driver_error
 from sptrack.track.base import FAILED, FINISHED, STATUSES, Tracker, TrackerError, log
 from sptrack.track.mlflow.backend import Backend, one_line
 from sptrack.track.mlflow.limits import LIMITS, KeyMapper, load_limits, safe_name
@@ -135,14 +136,19 @@ class MLflowTracker(Tracker):
     def _get_backend(self) -> Backend:
         if self._backend is None:
             load_limits()
-            self._backend = Backend(self._tracking_uri, self.request_timeout_s, self.connect_timeout_s)
+            try:
+                self._backend = Backend(self._tracking_uri, self.request_timeout_s, self.connect_timeout_s)
+            except ImportError as e:  # a database URI's SQLAlchemy driver (psycopg, pymysql, ...)
+                raise TrackerError(str(missing_driver_error("MLflow tracking URI", self.shown_uri, e)).split(": ", 1)[1]) from None
         return self._backend
 
     def check(self) -> None:
-        """Fail fast, in one line naming the URI, when an http(s) server does not answer."""
+        """Fail fast, in one line naming the URI: an http(s) server that does not answer, a database URI whose
+        driver is missing."""
         load_limits()
+        backend = self._get_backend()  # opens a database store (and its driver) now, not at the first step
         if is_http(self._tracking_uri):
-            self._get_backend().check()
+            backend.check()
 
     def start(self, run_id: Optional[str] = None) -> str:
         from mlflow.exceptions import MlflowException
