@@ -223,3 +223,23 @@ def test_sweep_process_group_is_closed_on_every_rank(tmp_path):
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     payload = {"number": 3, "params": {"optim.head.lr": 0.01}}
     assert records == [{"rank": r, "payload": payload, "initialized_after_close": False} for r in (0, 1)]
+
+
+def test_two_commands_starting_a_new_study_at_once_make_one_parent_run(tmp_path):
+    """The parent run is made under the study's admission lock: two commands on a new study, started together,
+    leave exactly one study run in MLflow, and every trial is its child."""
+    storage, mlflow_uri = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
+    args = [TINY_RECIPE, f"trainer.output_dir={tmp_path}", "--tracker", "mlflow", f"tracker.uri={mlflow_uri}", "--sweep",
+            "--trials", "2", "--storage", storage, "--study", "two", "--pruner", "none"]
+    procs = [subprocess.Popen([sys.executable, "-m", "sptrack.run", *args], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    study = _load(storage, "two")
+    client = MlflowClient(mlflow_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tiny_recipe"]
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r.info.run_id for r in runs if r.data.tags.get("sptrack.role") == "study"]
+    assert parents == [study.user_attrs[PARENT_ATTR]]
+    assert len(study.trials) == 2
+    assert sorted(r.data.tags["mlflow.parentRunId"] for r in runs if r.info.run_id not in parents) == parents * 2

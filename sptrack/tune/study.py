@@ -262,7 +262,8 @@ def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) ->
 
         study, storage = open_study(name, spec, opts)
         created.opened(study)
-        parent = ensure_parent_run(study, cfg, recipe.name)
+        with admission_lock(spec, name):  # commands starting on a new study at once make one parent run
+            parent = ensure_parent_run(study, cfg, recipe.name)
     parent = broadcast_object(parent, world)
     from sptrack.tune.objective import TrialContext, run_trial
 
@@ -322,7 +323,8 @@ def _launch_workers(recipe: Any, cfg: Any, opts: SweepOptions, name: str, spec: 
     created = CreatedHere(recipe, cfg)
     study, storage = open_study(name, spec, opts)
     created.opened(study)
-    ensure_parent_run(study, cfg, recipe.name)
+    with admission_lock(spec, name):
+        ensure_parent_run(study, cfg, recipe.name)
     procs = []
     for index in range(opts.workers):
         env = {**os.environ, WORKER_ENV: str(index)}

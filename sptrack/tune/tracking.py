@@ -105,9 +105,9 @@ def _parent_tracker(cfg: Any, recipe_name: str, study_name: str, run_id: Optiona
 def ensure_parent_run(study: Any, cfg: Any, recipe_name: str) -> Optional[str]:
     """The MLflow parent run of ``study`` (created on first use); None for other trackers.
 
-    Several sweep commands starting at the same instant on a new study may each create a parent;
-    the last one written wins and the others stay empty (``--workers K`` creates it once, before
-    its workers start).
+    Callers hold the study's admission lock (:func:`sptrack.tune.storage.admission_lock`), so commands
+    starting at the same instant on a new study make one parent; on a database without a server-side
+    lock (not SQLite/journal files, PostgreSQL or MySQL) two may still be made, and the last one written wins.
     """
     if (cfg.tracker.kind or "none").lower() != "mlflow":
         return None
