@@ -158,4 +158,11 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # With FSDP2 and its device-mesh subgroups, a rank still aborted at interpreter teardown about once in
+    # three full suites ("terminate called without an active exception", a joinable C++ thread destroyed by
+    # a static destructor), after the group was closed and its result saved. Everything this worker reports
+    # is on disk by now: leave without the teardown, so the test judges the results and not the exit race.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
