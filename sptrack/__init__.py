@@ -6,7 +6,7 @@ sptrack.run --help`` stays fast.
 
 from __future__ import annotations
 
-import importlib
+from sptrack.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -21,7 +21,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sptrack' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

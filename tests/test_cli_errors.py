@@ -8,12 +8,13 @@ nothing behind in the folder it ran in (no run directory, no study, no store).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from track_helpers.mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DINO = str(ROOT / "recipes" / "dino.py")
@@ -23,12 +24,6 @@ SHORT = ["data.dataset=synthetic", "data.subset=64", "data.batch_size=32", "mode
          "model.out_dim=64", "model.head_hidden_dim=64", "model.bottleneck_dim=16", "dino.n_local=2", "eval.baseline_inits=1",
          "--max-epochs", "1"]
 SECRET = "s3cr@t/pa:ss#w0rd"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_recipes(folder: Path) -> None:
@@ -139,7 +134,7 @@ def _run_case(argv: list[str], folder: Path) -> tuple[subprocess.CompletedProces
     folder.mkdir(parents=True)
     _write_recipes(folder)
     before = _listing(folder)
-    argv = [a.replace("{port}", str(_closed_port())) for a in argv]
+    argv = [a.replace("{port}", str(free_port())) for a in argv]  # a free port: nothing listens there
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("SPTRACK_TRACEBACK", None)
     proc = subprocess.run([sys.executable, "-m", "sptrack.run", *argv], cwd=folder, env=env, capture_output=True, text=True, timeout=300)

@@ -94,7 +94,7 @@ def step_scheduler(slot: OptimizerSlot, trainer) -> None:
     monitor = slot.config.monitor
     if monitor not in metrics:
         raise ConfigError(
-            f"{slot.config.key}.monitor",
+            slot.config.key_of("monitor"),
             f"ReduceLROnPlateau watches {monitor!r}, which was not logged before its {slot.config.interval} ended. "
             f"Logged metrics: {sorted(metrics) or 'none'}.",
             f"Log it with self.log({monitor!r}, ...) or set 'monitor' to one of these.",

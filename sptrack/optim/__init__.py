@@ -6,7 +6,7 @@ that recipes write) imports no torch, and importing it must not pull in the rest
 
 from __future__ import annotations
 
-import importlib
+from sptrack.lazy import lazy_exports
 
 _EXPORTS = {
     "LARS": "sptrack.optim.lars",
@@ -26,7 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sptrack.optim' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

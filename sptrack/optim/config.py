@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from sptrack.errors import ConfigError, suggestion
-from sptrack.optim.entry import OPTIMIZER_FIELDS, OptimizerEntry
+from sptrack.optim.entry import OPTIMIZER_FIELDS, OptimizerEntry, check_entry
 from sptrack.optim.factory import optimizer_registry, resolve_optimizer
 from sptrack.optim.schedulers import LinearWarmupCosineAnnealingLR, is_plateau, resolve_scheduler, scheduler_registry
 from sptrack.optim.spec import ClassSpec, check_arguments
@@ -24,8 +24,6 @@ from sptrack.optim.spec import ClassSpec, check_arguments
 DEFAULT_NAME = "default"
 #: Metric a ReduceLROnPlateau watches when no ``monitor`` is given.
 DEFAULT_MONITOR = "val_loss"
-INTERVALS = ("step", "epoch")
-CLIP_ALGORITHMS = ("norm", "value")
 #: Keys of an entry of the dict form.
 ENTRY_KEYS = (
     "modules",
@@ -86,44 +84,10 @@ def optimizer_config(name: str, entry: OptimizerEntry, key: str, keys: Optional[
 
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(key, f"optimizer name {name!r} must be letters, digits, '_', '-' or '.'.")
-    modules = entry.modules
-    if modules is not None:
-        if not isinstance(modules, str):
-            raise ConfigError(at("modules"), f"must be a regex string, got {type(modules).__name__}.")
-        try:
-            re.compile(modules)
-        except re.error as err:
-            raise ConfigError(at("modules"), f"invalid regex {modules!r}: {err}.") from err
-
-    interval = entry.interval
-    if interval not in INTERVALS:
-        raise ConfigError(at("interval"), f"must be 'step' or 'epoch', got {interval!r}.", suggestion(str(interval), INTERVALS))
-    frequency = entry.frequency
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise ConfigError(at("frequency"), f"must be an integer >= 1, got {frequency!r}.")
-    for path in ("optimizer_args", "scheduler_args"):
-        value = getattr(entry, path)
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(at(path), f"must be a dict of keyword arguments, got {value!r}.", "Write e.g. {'eps': 1e-6}.")
-    for arg in entry.optimizer_args:
-        if arg in OPTIMIZER_FIELDS or arg == "type":
-            raise ConfigError(at(f"optimizer_args.{arg}"), "is a field of the entry itself.", f"Set {at(arg)} instead.")
-
+    check_entry(entry, at)
     scheduler, scheduler_keys = _scheduler(entry, at, keys.get("scheduler.type", at("scheduler")))
-    monitor = entry.monitor
-    if is_plateau(scheduler) and monitor is None:
-        monitor = DEFAULT_MONITOR
-    if monitor is not None and not isinstance(monitor, str):
-        raise ConfigError(at("monitor"), f"must be a metric name, got {monitor!r}.")
-
+    monitor = DEFAULT_MONITOR if is_plateau(scheduler) and entry.monitor is None else entry.monitor
     clip_val = entry.gradient_clip_val
-    if clip_val is not None and (isinstance(clip_val, bool) or not isinstance(clip_val, (int, float)) or clip_val < 0):
-        raise ConfigError(at("gradient_clip_val"), f"must be a number >= 0, got {clip_val!r}.")
-    clip_algo = entry.gradient_clip_algorithm
-    if clip_algo is not None and clip_algo not in CLIP_ALGORITHMS:
-        raise ConfigError(
-            at("gradient_clip_algorithm"), f"must be 'norm' or 'value', got {clip_algo!r}.", suggestion(str(clip_algo), CLIP_ALGORITHMS)
-        )
 
     optimizer_key = keys.get("optimizer", at("type"))
     arguments = {arg: (value, at(path)) for arg, (value, path) in entry.optimizer_arguments().items()}
@@ -131,13 +95,13 @@ def optimizer_config(name: str, entry: OptimizerEntry, key: str, keys: Optional[
     return OptimizerConfig(
         name=name,
         optimizer=optimizer,
-        modules=modules,
+        modules=entry.modules,
         scheduler=scheduler,
-        interval=interval,
-        frequency=frequency,
+        interval=entry.interval,
+        frequency=entry.frequency,
         monitor=monitor,
         gradient_clip_val=None if clip_val is None else float(clip_val),
-        gradient_clip_algorithm=clip_algo,
+        gradient_clip_algorithm=entry.gradient_clip_algorithm,
         key=key,
         keys={
             "optimizer": optimizer_key,

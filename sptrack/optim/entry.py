@@ -10,11 +10,17 @@ stay fast). A recipe declares ``optim = {name: OptimizerEntry(...)}`` and hands 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from sptrack.errors import ConfigError, suggestion
 
 #: The optimizer arguments an entry names as fields (all others go in ``optimizer_args``).
 OPTIMIZER_FIELDS = ("lr", "weight_decay", "momentum", "betas")
+INTERVALS = ("step", "epoch")
+CLIP_ALGORITHMS = ("norm", "value")
 
 
 @dataclass
@@ -60,3 +66,43 @@ class OptimizerEntry:
         for name, value in (self.optimizer_args or {}).items():
             out[name] = (value, f"optimizer_args.{name}")
         return out
+
+
+def check_entry(entry: "OptimizerEntry", at: Callable[[str], str]) -> None:
+    """The checks of an entry that need no torch: its modules regex, interval, frequency, argument dicts,
+    monitor and clipping. ``at(path)`` is the key a field was written at (``optim.head.interval``).
+
+    Run by :func:`sptrack.optim.config.optimizer_config` (every Module) and by the recipe layer's
+    config check (before anything is built).
+    """
+    modules = entry.modules
+    if modules is not None:
+        if not isinstance(modules, str):
+            raise ConfigError(at("modules"), f"must be a regex string, got {type(modules).__name__}.")
+        try:
+            re.compile(modules)
+        except re.error as err:
+            raise ConfigError(at("modules"), f"invalid regex {modules!r}: {err}.") from err
+    if entry.interval not in INTERVALS:
+        raise ConfigError(at("interval"), f"must be 'step' or 'epoch', got {entry.interval!r}.", suggestion(str(entry.interval), INTERVALS))
+    frequency = entry.frequency
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise ConfigError(at("frequency"), f"must be an integer >= 1, got {frequency!r}.")
+    for path in ("optimizer_args", "scheduler_args"):
+        value = getattr(entry, path)
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(at(path), f"must be a dict of keyword arguments, got {value!r}.", "Write e.g. {'eps': 1e-6}.")
+    for arg in entry.optimizer_args:
+        if arg in OPTIMIZER_FIELDS or arg == "type":
+            raise ConfigError(at(f"optimizer_args.{arg}"), "is a field of the entry itself.", f"Set {at(arg)} instead.")
+    monitor = entry.monitor
+    if monitor is not None and (not isinstance(monitor, str) or not monitor.strip()):
+        raise ConfigError(at("monitor"), f"must be a metric name, got {monitor!r}.")
+    clip_val = entry.gradient_clip_val
+    if clip_val is not None and (isinstance(clip_val, bool) or not isinstance(clip_val, (int, float)) or clip_val < 0):
+        raise ConfigError(at("gradient_clip_val"), f"must be a number >= 0, got {clip_val!r}.")
+    clip_algo = entry.gradient_clip_algorithm
+    if clip_algo is not None and clip_algo not in CLIP_ALGORITHMS:
+        raise ConfigError(
+            at("gradient_clip_algorithm"), f"must be 'norm' or 'value', got {clip_algo!r}.", suggestion(str(clip_algo), CLIP_ALGORITHMS)
+        )

@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from sptrack.errors import ConfigError, suggestion
+from sptrack.optim.entry import CLIP_ALGORITHMS, check_entry
 from sptrack.recipe.config import DataConfig, EvalConfig, OptimizerEntry, RecipeConfig, TrackerConfig, TrainerConfig, flatten
 
 #: Precision names Lightning 2.x accepts as strings (``lightning_fabric.connector``).
@@ -25,9 +25,10 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
               "transformer-engine-float16", "32", "16", "bf16", "64")
 #: Accelerator names Lightning resolves ("gpu" picks cuda or mps; "auto" the best available).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-CLIP_ALGORITHMS = ("norm", "value")
-INTERVALS = ("step", "epoch")
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's bound
+TRACKERS = ("none", "mlflow", "wandb")
+#: "fsdp2" is sptrack's registered name for Lightning's ModelParallelStrategy.
+STRATEGIES = ("auto", "ddp", "fsdp2")
 
 
 def _is_int(value: Any) -> bool:
@@ -72,6 +73,13 @@ def choice(key: str, value: Any, choices: Iterable[str], fix: str = "") -> None:
         raise ConfigError(key, f"unknown value {value!r}.", (hint + " " + fix).strip())
 
 
+def one_of(key: str, value: Any, choices: Iterable[str]) -> None:
+    """``value`` must be one of the few ``choices``, all named in the error (with the closest)."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}.", suggestion(str(value), choices))
+
+
 def check_trainer(t: TrainerConfig) -> None:
     """Epochs, steps, accumulation, clipping, precision, accelerator, intervals, limits, seed, outputs."""
     integer("trainer.max_epochs", t.max_epochs, 1, "Use e.g. trainer.max_epochs=10 (-1 with trainer.max_steps for no epoch limit).",
@@ -82,6 +90,7 @@ def check_trainer(t: TrainerConfig) -> None:
         raise ConfigError("trainer.gradient_clip_val", f"must be a finite number >= 0 or None, got {t.gradient_clip_val!r}.",
                           "Use e.g. trainer.gradient_clip_val=1.0, or None for no clipping.")
     choice("trainer.gradient_clip_algorithm", t.gradient_clip_algorithm, CLIP_ALGORITHMS)
+    one_of("trainer.strategy", t.strategy, STRATEGIES)
     choice("trainer.precision", t.precision, PRECISIONS)
     choice("trainer.accelerator", t.accelerator, ACCELERATORS)
     integer("trainer.log_every_n_steps", t.log_every_n_steps, 1, "Use e.g. trainer.log_every_n_steps=10.")
@@ -168,7 +177,8 @@ def check_image_root(key: str, root: Any) -> None:
 
 
 def check_tracker(t: TrackerConfig) -> None:
-    """Optional strings only; reachability is checked by the tracker itself before training."""
+    """The tracker's kind, and optional strings; reachability is checked by the tracker itself before training."""
+    one_of("tracker.kind", t.kind, TRACKERS)
     for name in ("uri", "experiment", "run_name"):
         value = getattr(t, name)
         if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -181,35 +191,14 @@ def check_eval(e: EvalConfig) -> None:
 
 
 def check_optimizer_values(entry: OptimizerEntry, key: str) -> None:
-    """An optimizer entry's regex, numeric domains, argument dicts and choices (no torch needed)."""
-    if entry.modules is not None:
-        if not isinstance(entry.modules, str):
-            raise ConfigError(f"{key}.modules", f"must be a regex over module names, got {entry.modules!r}.")
-        try:
-            re.compile(entry.modules)
-        except re.error as err:
-            raise ConfigError(f"{key}.modules", f"invalid regex {entry.modules!r}: {err}.") from None
+    """An optimizer entry's shape (the Module's own torch-free checks) and the numeric domains a recipe adds."""
+    check_entry(entry, lambda path: f"{key}.{path}")
     for field, (ok, must) in OPTIMIZER_RULES.items():
         value = getattr(entry, field)
         if not ok(value):
             raise ConfigError(f"{key}.{field}", f"must be {must}, got {value!r}.")
     if entry.betas is not None and not (len(entry.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in entry.betas)):
         raise ConfigError(f"{key}.betas", f"must be two numbers in [0, 1), got {entry.betas!r}.", "Write e.g. (0.9, 0.999).")
-    choice(f"{key}.interval", entry.interval, INTERVALS)
-    if entry.gradient_clip_algorithm is not None:
-        choice(f"{key}.gradient_clip_algorithm", entry.gradient_clip_algorithm, CLIP_ALGORITHMS)
-    if entry.monitor is not None and (not isinstance(entry.monitor, str) or not entry.monitor.strip()):
-        raise ConfigError(f"{key}.monitor", f"must be a metric name or None, got {entry.monitor!r}.", "Write e.g. val_loss.")
-    for name in ("optimizer_args", "scheduler_args"):
-        value = getattr(entry, name)
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{key}.{name}", f"must be a dict of keyword arguments, got {value!r}.", "Write e.g. {'eps': 1e-6}.")
-
-
-def check_optimizer_classes(entry: OptimizerEntry, key: str) -> None:
-    """The optimizer and scheduler names, the arguments each class takes, and the values the optimizer
-    refuses (imports torch). Errors name the entry's own keys (``key.type``, ``key.scheduler_args.T_max``)."""
-    check_optimizer_accepts(entry, key)
 
 
 def check_optimizer_accepts(entry: OptimizerEntry, key: str) -> None:
@@ -254,7 +243,7 @@ def check_config(cfg: RecipeConfig, default_dataset: Optional[str] = None) -> No
         _check_learning_rates(name, section)
     check_dataset_name(cfg.data, default_dataset)
     for key, entry in entries.items():
-        check_optimizer_classes(entry, key)
+        check_optimizer_accepts(entry, key)
 
 
 def _check_learning_rates(prefix: str, section: Any) -> None:

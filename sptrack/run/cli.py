@@ -16,10 +16,7 @@ from sptrack.parallel.launch import resolve_devices
 from sptrack.recipe.config import RecipeConfig, apply_overrides, flatten
 from sptrack.recipe.failures import TRACEBACK_ENV, one_line, wants_traceback
 from sptrack.recipe.loading import Recipe, load_recipe, recipes_dir
-from sptrack.recipe.validate import check_config
-
-TRACKERS = ("none", "mlflow", "wandb")
-STRATEGIES = ("auto", "ddp", "fsdp2")
+from sptrack.recipe.validate import STRATEGIES, TRACKERS, check_config
 
 USAGE = "python -m sptrack.run RECIPE [key=value ...] [options]"
 
@@ -140,12 +137,6 @@ def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Name
         cfg.tracker.uri = embedded_store_uri(cfg.trainer.output_dir)
     flags = {f"trainer.{SHORTCUTS[flag]}": flag for flag in given}
     try:
-        if cfg.tracker.kind not in TRACKERS:
-            raise ConfigError("tracker.kind", f"must be one of {', '.join(TRACKERS)}, got {cfg.tracker.kind!r}.",
-                              suggestion(str(cfg.tracker.kind), TRACKERS))
-        if cfg.trainer.strategy not in STRATEGIES:
-            raise ConfigError("trainer.strategy", f"must be one of {', '.join(STRATEGIES)}, got {cfg.trainer.strategy!r}.",
-                              suggestion(str(cfg.trainer.strategy), STRATEGIES))
         # From here on devices/num_nodes are ints: given, else the launcher's (torchrun, SLURM), else 1.
         t = cfg.trainer
         t.devices, t.num_nodes = resolve_devices(t.devices, t.num_nodes, devices_key=flags.get("trainer.devices", "trainer.devices"))
@@ -235,13 +226,12 @@ def _main(argv: list[str]) -> int:
 
 
 def _sweep(recipe: Recipe, cfg: RecipeConfig, sweep, args: argparse.Namespace, argv: list[str]) -> int:
-    from sptrack.track.params import redact_value
     from sptrack.tune.study import prepare, run_sweep, storage_spec, study_name
 
-    space = prepare(recipe, cfg, sweep)
     if not args.dry_run:
-        return run_sweep(recipe, cfg, sweep, argv)
-    print(f"study {study_name(recipe, sweep)} in {redact_value(storage_spec(recipe, cfg, sweep).url)}: {sweep.trials} trials, "
+        return run_sweep(recipe, cfg, sweep, argv)  # it runs every check of prepare() itself, once
+    space = prepare(recipe, cfg, sweep)
+    print(f"study {study_name(recipe, sweep)} in {storage_spec(recipe, cfg, sweep).shown_url}: {sweep.trials} trials, "
           f"objective {sweep.objective} ({sweep.direction})")
     for key, described in space.describe():
         print(f"  {key}: {described}")

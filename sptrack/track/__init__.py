@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
+from sptrack.lazy import lazy_exports
 from sptrack.track.base import (
     FAILED,
     FINISHED,
@@ -99,12 +100,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sptrack.track' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 def build_tracker(kind: Optional[str], **options: Any) -> Tracker:

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 from sptrack.errors import ConfigError, suggestion
 from sptrack.parallel.launch import resolve_devices
 from sptrack.recipe.paths import first_missing
-from sptrack.track.params import redact_value
 from sptrack.tune.distributed import (
     LAUNCHED_ENV,
     World,
@@ -109,7 +108,7 @@ def open_study(name: str, spec: StorageSpec, opts: SweepOptions):
     study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(opts), pruner=_pruner(opts),
                                 direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
-        raise ConfigError("--direction", f"study {name!r} in {redact_value(spec.url)} already {study.direction.name.lower()}s.",
+        raise ConfigError("--direction", f"study {name!r} in {spec.shown_url} already {study.direction.name.lower()}s.",
                           "Use the same direction, or another --study name.")
     stored = study.user_attrs.get("objective")
     if stored is None:
