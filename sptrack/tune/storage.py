@@ -109,7 +109,9 @@ def open_storage(spec: StorageSpec, heartbeat_s: int, max_retry: int):
 
         return optuna.storages.JournalStorage(JournalFileBackend(spec.path))
     engine_kwargs = {"connect_args": {"timeout": 30}} if spec.url.startswith("sqlite") else None
-    with warnings.catch_warnings():
+    # Under the file lock: two commands creating a new SQLite store at once would race in Optuna's schema
+    # creation (alembic_version UNIQUE constraint).
+    with admission_lock(spec) if spec.path else contextlib.nullcontext(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat and its retry callback are "experimental"
         try:
             return optuna.storages.RDBStorage(
