@@ -1,7 +1,8 @@
 """Run the CPU benchmarks of issue 8 and write ``bench/results/*.json`` and ``bench/results/RESULTS.md``.
 
-    python bench/run.py                        # everything, <= 20 minutes on 2 CPU cores
-    python bench/run.py --quick                # a few rounds of each, for development (~4 minutes)
+    python bench/run.py                        # all but sweeps, <= 20 minutes on 2 CPU cores
+    python bench/run.py --only sweeps          # the repeated-study pruning benchmark alone (~75 minutes)
+    python bench/run.py --quick                # a few rounds of each, sweeps included, for development (~5 minutes)
     python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps
     python bench/run.py --report-only          # re-render RESULTS.md from the JSON already there
 
@@ -13,7 +14,9 @@ are hooks: they run ``bench/learning.py`` / ``bench/sweeps.py`` when those exist
 ``--out DIR`` and, in quick mode, ``--quick``; expected to write ``DIR/learning.json`` /
 ``DIR/sweeps.json``, whose optional ``"markdown"`` string is copied into RESULTS.md), and are
 skipped with the reason printed otherwise. In full mode learning gets ``--epochs-scale``
-(``--learning-epochs-scale``, default ``LEARNING_EPOCHS_SCALE`` = 0.5: ~7 minutes; sweeps ~2).
+(``--learning-epochs-scale``, default ``LEARNING_EPOCHS_SCALE`` = 0.5: ~7 minutes). The full sweeps benchmark
+(5 repeated studies per sampler, see ``bench/sweeps.py``) is longer than the others together, so it runs only
+when named (``--only sweeps``) or in quick mode; its last results stay in RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps")
+#: What a full run without --only measures (sweeps: ~75 minutes alone).
+DEFAULT = ("overhead", "cli", "tracker", "comm", "learning")
 #: Full mode: the recipes' schedules times this (bench/learning.py: ~6 of the 20 minutes at 0.5; ~12 at 1.0).
 LEARNING_EPOCHS_SCALE = 0.5
 
@@ -204,7 +209,7 @@ def render(out: Path, status: dict) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(ALL)} (default: {','.join(DEFAULT)}; all with --quick)")
     parser.add_argument("--quick", action="store_true", help="few rounds of each benchmark (development)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every benchmark process (OMP_NUM_THREADS; the overhead benchmark also calls torch.set_num_threads)")
     parser.add_argument("--learning-epochs-scale", type=float, default=LEARNING_EPOCHS_SCALE,
@@ -212,7 +217,8 @@ def main(argv=None) -> None:
     parser.add_argument("--report-only", action="store_true", help="only re-render RESULTS.md from existing JSON")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    only = args.only or ",".join(ALL if args.quick else DEFAULT)
+    names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(ALL))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(ALL)}")

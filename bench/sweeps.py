@@ -1,296 +1,175 @@
-"""Sweeps: a fixed-budget Optuna study with and without pruning, best objective vs training steps spent.
+"""Sweeps: what predicts a trial's end, and whether pruning keeps the best, over repeated studies.
 
-    python bench/sweeps.py --out DIR [--quick] [--trials 16] [--steps 50] [--prune-every 10]
-                           [--sampler random] [--recipe lejepa] [--threads 1]
+    python bench/sweeps.py --out DIR [--quick] [--repeats 5] [--trials 12] [--steps 300] [--report-every 30] [--jobs 2]
 
-Two studies of ``--trials`` trials each run through the sweep runner of ``sptrack.run --sweep``
-(``sptrack.tune.study.run_sweep``: a real SQLite storage, the recipe's own search space, the
-:class:`~sptrack.tune.pruning.TrialMonitor` reporting ``eval/knn_acc`` every ``--prune-every``
-optimizer steps), one with ``--pruner none`` and one with ``--pruner median``, on the same sampler
-with the same seed. The default sampler is ``random``: its draws do not depend on earlier results,
-so trial ``i`` has the same parameters in both studies and the difference is the pruner's alone
-(TPE would also learn differently from pruned trials); ``--sampler tpe`` measures both effects.
+Every study runs through the sweep runner of ``sptrack.run --sweep`` (``run_sweep``: a real SQLite
+storage, the recipe's own search space, trials evaluated on the validation images carved out of the
+training split, ``data.validation_fraction`` 0.1; the held-out split is never looked at). The
+workload is a small LeJEPA (ViT 32-dim, depth 2, 2+2 views, 256 SIGReg slices) on MNIST-5k, batches
+of 64, ``--steps`` optimizer steps per trial, every evaluation signal recorded every
+``--report-every`` steps (online kNN, online linear probe, RankMe on the validation images, and the
+mean training loss since the previous report).
 
-The objective is the sweeps' default, ``eval/knn_acc`` (online kNN on the held-out split) after the
-trial's last step, over the recipe's own search space (each optimizer's lr x0.1..x10 and frequency
-1 or 2), with a small LeJEPA (ViT 32-dim, depth 2, 2+2 views, 256 SIGReg slices; ``--recipe dino``
-for a small DINO) on MNIST-5k, batches of 64 shuffled over the 4,000 training images, ``--steps``
-optimizer steps per trial. LeJEPA is the default because its final kNN accuracy reflects learning
-(0.32-0.48 over 16 trials here, best at the higher learning rates), where DINO's stayed within
-0.30-0.38, its best trial the one with the lowest backbone learning rate (least moved from the random init). Steps
-spent = each trial's ``last_step`` (the global step it stopped at: pruned trials count only the
-steps they ran). The markdown also gives, over the unpruned trials, the rank correlation of each
-step's reported value with the final value (what the pruner relies on) and, when the pruned study
-missed the unpruned best, at which step and value that trial was pruned.
+1. **Signals**: ``--repeats`` unpruned studies with the random sampler (seeds 0..R-1). Over all their
+   trials, the rank correlation of each signal (and its slope) at 10-50 % of a trial with the final
+   validation kNN accuracy (the objective).
+2. **Pruners, replayed exactly**: with the random sampler a pruned study is the unpruned one cut
+   short (same parameters, deterministic curves), so every candidate pruner (median, successive
+   halving, Hyperband; prune metric; warm-up) is replayed on each repeat with a real Optuna pruner.
+   The default is the candidate meeting the goal (within 0.5 points of the unpruned best in >= 80 %
+   of repeats with <= 50 % of the steps) with the fewest steps. One real pruned study (seed 0) checks
+   the replay.
+3. **TPE**: ``--repeats`` unpruned and pruned (chosen pruner) studies with TPE, run for real (TPE
+   learns from pruned trials, so nothing can be replayed).
 
-Reported: each study's best value and total steps; the steps the pruned study needed to first reach
-the unpruned best (cumulative, in trial order); that as a fraction of the unpruned study's total
-(target <= 50 %) and of the steps the unpruned study needed to reach its own best. Writes
-``DIR/sweeps.json`` (with a ``"markdown"`` section) and ``DIR/sweeps.png``.
-Expected time, full mode: about 2 minutes (2.2 min measured for LeJEPA and for DINO, 1 thread, on this
-machine shared with other jobs, load 3-5). ``--quick``: 6 tiny trials (under a minute).
+Writes ``DIR/sweeps.json`` (with a ``"markdown"`` section) and ``DIR/sweeps.png`` (best-so-far vs
+cumulative steps). Full mode: about 35 minutes with 2 jobs on 2 cores; ``--quick``: a pipeline check
+(2 repeats of 4 tiny trials, about 3 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import sweep_analysis as analysis  # noqa: E402
 
 common.add_repo_to_path()
 
-TARGET = 0.5
-SEED = 0
-# Small models: the sweep is about steps and ranking, and 2 x 16 trials must fit in about 3 minutes.
-COMMON_SMALL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "data.batch_size=64", "trainer.max_epochs=1",
-                "trainer.log_every_n_steps=10"]
-COMMON_TINY = ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "data.batch_size=32", "data.val_batch_size=250",
-               "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
-SMALL = {"dino": ["model.out_dim=256", "model.head_hidden_dim=128", "model.bottleneck_dim=32", "dino.n_local=2"],
-         "lejepa": ["model.proj_hidden_dim=128", "model.proj_dim=32", "lejepa.n_local=2", "lejepa.num_slices=256"]}
-TINY = {"dino": ["model.out_dim=64", "model.head_hidden_dim=32", "model.bottleneck_dim=16", "dino.n_local=2"],
-        "lejepa": ["model.proj_hidden_dim=32", "model.proj_dim=16", "lejepa.n_local=2", "lejepa.num_slices=64"]}
-# Never data.subset here: MNIST-5k's training split is sorted by class (the first N images are all zeros);
-# trainer.max_steps instead stops each trial after N shuffled batches.
+GOAL_SHARE, GOAL_RATIO = 0.8, 0.5
+SMALL = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "data.batch_size=64", "model.proj_hidden_dim=128",
+         "model.proj_dim=32", "lejepa.n_local=2", "lejepa.num_slices=256", "trainer.max_epochs=1000", "trainer.log_every_n_steps=10"]
+TINY = ["model.embed_dim=16", "model.depth=1", "model.num_heads=2", "data.batch_size=32", "data.val_batch_size=250",
+        "model.proj_hidden_dim=32", "model.proj_dim=16", "lejepa.n_local=2", "lejepa.num_slices=64", "trainer.max_epochs=1000",
+        "trainer.log_every_n_steps=1", "data.subset=640"]
+SIGNALS = ["eval/knn_acc", "eval/probe_acc", "eval/rankme", "train/loss",
+           "eval/knn_acc:slope", "eval/probe_acc:slope", "eval/rankme:slope", "train/loss:slope"]
+PRUNE_METRICS = ["eval/knn_acc", "eval/probe_acc", "eval/rankme"]
+WARMUPS = [0.0, 0.1, 0.2, 0.3, 0.5]
+PRUNERS = ["median", "halving", "hyperband"]
+STARTUP = 3
 
 
-def configure(recipe, quick: bool, steps: int, out: Path, extra: list[str]):
-    """The recipe's defaults made small, trials capped at ``steps`` optimizer steps, trial folders under ``out``."""
-    from sptrack.recipe.config import apply_overrides
-
-    cfg = recipe.default_config()
-    size = (COMMON_TINY + TINY.get(recipe.name, [])) if quick else (COMMON_SMALL + SMALL.get(recipe.name, []))
-    apply_overrides(cfg, size + [f"trainer.max_steps={steps}", f"trainer.output_dir={out}"] + extra)
-    cfg.tracker.kind = "none"
-    return cfg
-
-
-def run_study(recipe, cfg, name: str, pruner: str, args, storage: str) -> dict:
-    """Run one study through ``run_sweep`` and return its trials in order (state, value, steps, params)."""
+def run_study(job: dict) -> dict:
+    """One study in this (spawned) process; its trials with their signals, in trial order."""
+    common.setup_threads(1)
+    common.quiet_lightning()
     import optuna
 
+    import sptrack
+    from sptrack.recipe.config import apply_overrides
+    from sptrack.recipe.loading import load_recipe
     from sptrack.tune.options import SweepOptions
     from sptrack.tune.study import run_sweep
 
-    opts = SweepOptions(trials=args.trials, storage=storage, study=name, sampler=args.sampler, pruner=pruner,
-                        prune_every=args.prune_every, prune_startup=args.prune_startup, sampler_seed=SEED)
-    print(f"\n--- study {name}: {args.trials} trials, pruner {pruner}, sampler {args.sampler} (seed {SEED}), "
-          f"{cfg.trainer.max_steps} steps per trial, report every {args.prune_every}", flush=True)
+    sptrack.Module._print_summary = lambda self: None  # one line per trial, not an optimizer table per trial
+    work = Path(job["work"]) / job["name"]
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)
+    recipe = load_recipe("lejepa")
+    cfg = recipe.default_config()
+    apply_overrides(cfg, job["overrides"] + [f"trainer.max_steps={job['steps']}", f"trainer.output_dir={work}"])
+    cfg.tracker.kind = "none"
+    storage = f"sqlite:///{work / 'study.db'}"
+    opts = SweepOptions(trials=job["trials"], storage=storage, study=job["name"], sampler=job["sampler"], pruner=job["pruner"],
+                        prune_every=job["every"], prune_startup=STARTUP, prune_warmup=job["warmup"], prune_metric=job["metric"],
+                        sampler_seed=job["seed"])
     started = time.perf_counter()
-    rc = run_sweep(recipe, cfg, opts, argv=[])
-    wall = time.perf_counter() - started
-    if rc != 0:
-        raise RuntimeError(f"run_sweep returned {rc} for study {name}")
-    study = optuna.load_study(study_name=name, storage=storage)
+    if run_sweep(recipe, cfg, opts, argv=[]) != 0:
+        raise RuntimeError(f"study {job['name']} failed")
+    study = optuna.load_study(study_name=job["name"], storage=storage)
     trials = [{"number": t.number, "state": t.state.name, "value": t.value, "steps": int(t.user_attrs.get("last_step", 0)),
-               "params": t.params, "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}}
+               "params": t.params, "signals": t.user_attrs.get("signals", {}), "heldout": t.user_attrs.get("heldout_value")}
               for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
-    return {"pruner": pruner, "wall_s": round(wall, 1), "trials": trials, **curve(trials)}
+    return {**job, "wall_s": round(time.perf_counter() - started, 1), "trials": trials}
 
 
-def curve(trials: list[dict]) -> dict:
-    """Cumulative steps and best-so-far value after each trial (maximised objective; only COMPLETE trials have one)."""
-    cumulative, best, points = 0, -math.inf, []
-    for t in trials:
-        cumulative += t["steps"]
-        if t["state"] == "COMPLETE" and t["value"] is not None and math.isfinite(t["value"]):
-            best = max(best, t["value"])
-        points.append({"trial": t["number"], "steps": cumulative, "best": None if best == -math.inf else best})
-    counts = {s: sum(t["state"] == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    return {"best": None if best == -math.inf else best, "total_steps": cumulative, "counts": counts, "curve": points}
+def run_jobs(jobs: list[dict], processes: int) -> list[dict]:
+    """Studies in parallel processes (one torch thread each); results in job order."""
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return pool.map(run_study, jobs, chunksize=1)
 
 
-def steps_to_reach(study: dict, target: Optional[float]) -> Optional[int]:
-    """Cumulative steps at the first trial whose best-so-far is >= ``target`` (None if never)."""
-    if target is None:
-        return None
-    return next((p["steps"] for p in study["curve"] if p["best"] is not None and p["best"] >= target), None)
+def pruned_name(name: str) -> str:
+    """The name of the pruned twin of study ``name`` (``random-3`` -> ``random-pruned-3``)."""
+    kind, _, seed = name.rpartition("-")
+    return f"{kind}-pruned-{seed}"
 
 
-def compare(unpruned: dict, pruned: dict) -> dict:
-    """The headline numbers: steps pruning needed to reach the unpruned best, as fractions."""
-    target = unpruned["best"]
-    reach = steps_to_reach(pruned, target)
-    own = steps_to_reach(unpruned, target)
-    # Trials that completed in both studies: same params and seed, so the same value (a check that
-    # pruning changed nothing but the steps).
-    done = {t["number"]: t["value"] for t in unpruned["trials"] if t["state"] == "COMPLETE"}
-    same = [abs(t["value"] - done[t["number"]]) for t in pruned["trials"] if t["state"] == "COMPLETE" and t["number"] in done]
-    return {
-        "target_value": target, "pruned_steps_to_reach": reach, "unpruned_steps_to_reach": own,
-        "ratio_vs_unpruned_total": None if reach is None else reach / unpruned["total_steps"],
-        "ratio_vs_unpruned_to_best": None if reach is None or not own else reach / own,
-        "total_steps_ratio": pruned["total_steps"] / unpruned["total_steps"],
-        "same_params": all(a["params"] == b["params"] for a, b in zip(unpruned["trials"], pruned["trials"])),
-        "completed_in_both": len(same), "max_value_diff_completed_in_both": max(same) if same else None,
-        "fate_of_best": fate_of_best(unpruned, pruned), "early_signal": early_signal(unpruned),
-    }
-
-
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    ranks = [0.0] * len(xs)
-    for r, i in enumerate(order):
-        ranks[i] = float(r)
-    return ranks
-
-
-def early_signal(unpruned: dict) -> dict[str, float]:
-    """Spearman rank correlation, over the unpruned trials, of the value reported at each step with the final value.
-
-    The pruner can only keep the eventual best if early values rank trials like final ones do.
-    """
-    done = [t for t in unpruned["trials"] if t["state"] == "COMPLETE"]
+def candidates(studies: list[dict], every: int, steps: int) -> dict[str, dict]:
+    """Every pruner x metric x warm-up, replayed on every random-sampler repeat."""
     out = {}
-    for step in sorted({s for t in done for s in t["intermediate"]}, key=int):
-        rows = [(t["intermediate"][step], t["value"]) for t in done if step in t["intermediate"]]
-        if len(rows) < 3:
-            continue
-        a, b = _ranks([r[0] for r in rows]), _ranks([r[1] for r in rows])
-        ma, mb = sum(a) / len(a), sum(b) / len(b)
-        cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
-        var = math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
-        out[step] = round(cov / var, 3) if var else float("nan")
+    for pruner in PRUNERS:
+        for metric in PRUNE_METRICS:
+            for warmup in WARMUPS:
+                verdicts = []
+                for s in studies:
+                    unpruned = analysis.summarize(s["trials"])
+                    pruned = analysis.replay(s["trials"], pruner, metric, every, STARTUP, warmup, steps, pruned_name(s["name"]))
+                    verdicts.append(analysis.verdict(unpruned, pruned))
+                out[f"{pruner} {metric} warmup={warmup}"] = {"pruner": pruner, "metric": metric, "warmup": warmup,
+                                                             **analysis.score(verdicts), "per_repeat": verdicts}
     return out
-
-
-def fate_of_best(unpruned: dict, pruned: dict) -> Optional[str]:
-    """What the pruned study did with the unpruned study's best trial (same number, same parameters)."""
-    if unpruned["best"] is None:
-        return None
-    best = next(t for t in unpruned["trials"] if t["state"] == "COMPLETE" and t["value"] == unpruned["best"])
-    twin = next((t for t in pruned["trials"] if t["number"] == best["number"]), None)
-    if twin is None or twin["state"] != "PRUNED":
-        return None
-    at = str(twin["steps"])
-    path = ", ".join(f"{v:.3f}" for _, v in sorted(best["intermediate"].items(), key=lambda kv: int(kv[0])))
-    return (f"The unpruned best, trial {best['number']}, was pruned at step {at} (value {twin['intermediate'].get(at, float('nan')):.3f}, "
-            f"below the median of earlier trials at that step); unpruned, its reports were {path} (steps "
-            f"{', '.join(sorted(best['intermediate'], key=int))}).")
-
-
-def markdown(data: dict) -> str:
-    """The RESULTS.md section."""
-    u, p, c = data["studies"]["unpruned"], data["studies"]["pruned"], data["comparison"]
-    mode = "quick (tiny model: pipeline check, not a result)" if data["quick"] else f"small {data['recipe']} on MNIST-5k"
-    ratio = c["ratio_vs_unpruned_total"]
-    lines = ["## Sweeps (fixed budget, with and without pruning)", "",
-             f"{mode}: {data['trials']} trials per study of {data['steps_per_trial']} optimizer steps (batch {data['batch_size']}), "
-             f"objective `{data['objective']}` (maximised), reported every {data['prune_every']} steps; sampler `{data['sampler']}` "
-             f"with seed {SEED} in both studies{' (identical parameters trial by trial)' if c['same_params'] else ''}; median pruner "
-             f"after {data['prune_startup']} trials; torch threads {data['threads']}. Steps = optimizer steps actually run "
-             "(pruned trials count theirs). Curve: `sweeps.png`.", "",
-             "| study | best | trials complete / pruned / failed | steps spent | steps to reach the unpruned best | wall time |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for label, s, reach in (("no pruning", u, c["unpruned_steps_to_reach"]), ("median pruner", p, c["pruned_steps_to_reach"])):
-        n = s["counts"]
-        lines.append(f"| {label} | {_v(s['best'])} | {n['COMPLETE']} / {n['PRUNED']} / {n['FAIL']} | {s['total_steps']} | "
-                     f"{'never' if reach is None else reach} | {s['wall_s'] / 60:.1f} min |")
-    if ratio is None:
-        headline = (f"Pruning **never reached** the unpruned best ({_v(c['target_value'])}) ❌ (target: within "
-                    f"{100 * TARGET:.0f} % of the unpruned study's steps)")
-    else:
-        headline = (f"Pruning reached the unpruned best ({_v(c['target_value'])}) after **{100 * ratio:.0f} %** "
-                    f"{'✅' if ratio <= TARGET else '❌'} of the steps the unpruned study spent (target ≤ {100 * TARGET:.0f} %)")
-    lines += ["", headline
-              + ("" if c["ratio_vs_unpruned_to_best"] is None else
-                 f"; {100 * c['ratio_vs_unpruned_to_best']:.0f} % of the steps the unpruned study needed to first reach it")
-              + f". The pruned study spent {100 * c['total_steps_ratio']:.0f} % of the unpruned study's steps in all."
-              + ("" if c["max_value_diff_completed_in_both"] is None else
-                 f" Trials completed in both studies ({c['completed_in_both']}) agree on their value to "
-                 f"{c['max_value_diff_completed_in_both']:.1e}.")]
-    if c.get("fate_of_best"):
-        lines[-1] += " " + c["fate_of_best"]
-    if c.get("early_signal"):
-        lines[-1] += (" Rank correlation (Spearman, unpruned trials) of the value reported at step s with the final value: "
-                      + ", ".join(f"s={k}: {v:+.2f}" for k, v in c["early_signal"].items()) + ".")
-    return "\n".join(lines) + "\n"
-
-
-def _v(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def plot(data: dict, path: Path) -> None:
-    """Best-so-far objective vs cumulative training steps, both studies; pruned trials marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label, colour in (("unpruned", "no pruning", "tab:gray"), ("pruned", "median pruner", "tab:blue")):
-        s = data["studies"][key]
-        xs = [0] + [pt["steps"] for pt in s["curve"]]
-        ys = [None] + [pt["best"] for pt in s["curve"]]
-        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
-        if pts:
-            ax.step(*zip(*pts), where="post", color=colour, label=f"{label} (best {s['best']:.3f}, {s['total_steps']} steps)")
-        pruned = [(pt["steps"], pt["best"]) for pt, t in zip(s["curve"], s["trials"]) if t["state"] == "PRUNED" and pt["best"] is not None]
-        if pruned:
-            ax.plot(*zip(*pruned), "x", color=colour, ms=6, label=f"{label}: trial pruned")
-    c = data["comparison"]
-    if c["target_value"] is not None:
-        ax.axhline(c["target_value"], color="tab:gray", ls=":", lw=1)
-    if c["pruned_steps_to_reach"] is not None:
-        ax.axvline(c["pruned_steps_to_reach"], color="tab:blue", ls="--", lw=1, label="pruning reaches the unpruned best")
-    ax.set_xlabel("cumulative training steps (all trials)")
-    ax.set_ylabel(f"best {data['objective']} so far")
-    ax.set_title(f"{data['trials']}-trial study, {data['steps_per_trial']} steps per trial")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    common.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(common.RESULTS_DIR))
-    parser.add_argument("--quick", action="store_true", help="6 tiny trials of 8 steps: a pipeline check")
-    parser.add_argument("--recipe", default="lejepa", help="lejepa (default: its kNN accuracy separates learning rates within 50 steps) or dino")
-    parser.add_argument("--trials", type=int, default=None, help="trials per study (default 16; 6 with --quick)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per trial (default 50; 8 with --quick)")
-    parser.add_argument("--prune-every", type=int, default=None, help="report to the pruner every K steps (default 10; 2 with --quick)")
-    parser.add_argument("--prune-startup", type=int, default=3, help="complete trials before the median pruner prunes")
-    parser.add_argument("--sampler", default="random", help="random (default: same parameters in both studies), tpe or cmaes")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: this model's matmuls are too small to gain from a second thread, "
-                             "and a busy machine makes a second one much slower)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="a recipe config override, repeatable")
+    parser.add_argument("--quick", action="store_true", help="2 repeats of 4 tiny trials: a pipeline check, not a result")
+    parser.add_argument("--repeats", type=int, default=None, help="sampler seeds per study kind (default 5; 2 with --quick)")
+    parser.add_argument("--trials", type=int, default=None, help="trials per study (default 12; 4 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per trial (default 300; 20 with --quick)")
+    parser.add_argument("--report-every", type=int, default=None, help="steps between evaluations (default 30; 5 with --quick)")
+    parser.add_argument("--jobs", type=int, default=2, help="studies run at once, one torch thread each (default 2: the cores)")
     args = parser.parse_args(argv)
-    args.trials = args.trials or (6 if args.quick else 16)
-    args.steps = args.steps or (8 if args.quick else 50)
-    args.prune_every = args.prune_every or (2 if args.quick else 10)
-    threads = common.setup_threads(args.threads)
-    common.quiet_lightning()
-    import sptrack
-    from sptrack.recipe.loading import load_recipe
-
-    sptrack.Module._print_summary = lambda self: None  # one line per trial, not an optimizer table per trial
-
+    repeats = args.repeats or (2 if args.quick else 5)
+    trials = args.trials or (4 if args.quick else 12)
+    steps = args.steps or (20 if args.quick else 300)
+    every = args.report_every or (5 if args.quick else 30)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="sptrack-sweeps-"))
-    os.chdir(work)
-    recipe = load_recipe(args.recipe)
-    cfg = configure(recipe, args.quick, args.steps, work, args.override)
-    storage = f"sqlite:///{work / 'studies.db'}"
-    print(f"sweeps benchmark: recipe {args.recipe}, torch threads {threads}, cpus {os.cpu_count()}, storage {storage}", flush=True)
+    work = tempfile.mkdtemp(prefix="sptrack-sweeps-")
+    base = {"work": work, "trials": trials, "steps": steps, "every": every, "overrides": TINY if args.quick else SMALL}
     started = time.perf_counter()
-    # A fresh copy of the config per study: run_sweep must not see the other study's changes.
-    unpruned = run_study(recipe, configure(recipe, args.quick, args.steps, work, args.override), "unpruned", "none", args, storage)
-    pruned = run_study(recipe, configure(recipe, args.quick, args.steps, work, args.override), "pruned", "median", args, storage)
-    data = {"quick": args.quick, "recipe": args.recipe, "trials": args.trials, "steps_per_trial": args.steps, "batch_size": cfg.data.batch_size,
-            "prune_every": args.prune_every, "prune_startup": args.prune_startup, "sampler": args.sampler, "sampler_seed": SEED,
-            "objective": "eval/knn_acc", "threads": threads, "target": TARGET, "studies": {"unpruned": unpruned, "pruned": pruned},
-            "comparison": compare(unpruned, pruned), "total_s": round(time.perf_counter() - started, 1), "plot": "sweeps.png"}
+
+    def job(name: str, sampler: str, seed: int, pruner: str = "none", metric: str = "eval/knn_acc", warmup: float = 0.0) -> dict:
+        return {**base, "name": name, "sampler": sampler, "seed": seed, "pruner": pruner, "metric": metric, "warmup": warmup}
+
+    print(f"sweeps benchmark: {repeats} repeats x {trials} trials x {steps} steps, {args.jobs} jobs, work dir {work}", flush=True)
+    random_studies = run_jobs([job(f"random-{r}", "random", r) for r in range(repeats)], args.jobs)
+    every_trial = [t for s in random_studies for t in s["trials"]]
+    points = {max(every, int(round(steps * f / every)) * every) for f in (0.1, 0.2, 0.3, 0.4, 0.5)}
+    table = analysis.correlation_table(every_trial, SIGNALS, sorted(points))
+    options = candidates(random_studies, every, steps)
+    chosen = analysis.choose(options, GOAL_SHARE, GOAL_RATIO)
+    pick = options[chosen]
+    print(f"chosen pruner: {chosen} ({pick['within']}/{pick['repeats']} within 0.5 points, {100 * pick['mean_steps_ratio']:.0f} % of the steps)",
+          flush=True)
+    pruned_jobs = [job("random-pruned-0", "random", 0, pick["pruner"], pick["metric"], pick["warmup"])]
+    tpe_jobs = [job(f"tpe-{r}", "tpe", r) for r in range(repeats)]
+    tpe_jobs += [job(f"tpe-pruned-{r}", "tpe", r, pick["pruner"], pick["metric"], pick["warmup"]) for r in range(repeats)]
+    later = run_jobs(pruned_jobs + tpe_jobs, args.jobs)
+    real_pruned, tpe = later[0], later[1:]
+    replayed = analysis.replay(random_studies[0]["trials"], pick["pruner"], pick["metric"], every, STARTUP, pick["warmup"], steps,
+                               real_pruned["name"])
+    replay_check = {"same_states": [t["state"] for t in real_pruned["trials"]] == [t["state"] for t in replayed["trials"]],
+                    "same_steps": [t["steps"] for t in real_pruned["trials"]] == [t["steps"] for t in replayed["trials"]],
+                    "real_best": analysis.summarize(real_pruned["trials"])["best"], "replayed_best": replayed["best"]}
+    tpe_verdicts = [analysis.verdict(analysis.summarize(tpe[r]["trials"]), analysis.summarize(tpe[repeats + r]["trials"])) for r in range(repeats)]
+    data = {"quick": args.quick, "repeats": repeats, "trials": trials, "steps": steps, "report_every": every, "startup": STARTUP,
+            "goal": {"share": GOAL_SHARE, "steps_ratio": GOAL_RATIO, "margin": analysis.MARGIN},
+            "correlations": table, "candidates": {k: {kk: vv for kk, vv in v.items()} for k, v in options.items()}, "chosen": chosen,
+            "random_chosen": pick, "replay_check": replay_check, "tpe": analysis.score(tpe_verdicts), "tpe_per_repeat": tpe_verdicts,
+            "studies": random_studies + later, "total_s": round(time.perf_counter() - started, 1), "plot": "sweeps.png"}
+    from sweep_report import markdown, plot
+
     data["markdown"] = markdown(data)
     plot(data, out / "sweeps.png")
     path = common.write_json("sweeps", data, out)

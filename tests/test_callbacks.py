@@ -7,11 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import sptrack
 from conftest import trainer
@@ -233,24 +234,63 @@ def test_online_probe_learns_and_has_its_own_optimizer(recording_logger):
 
 def test_online_knn_and_rankme_in_a_fit(recording_logger):
     module = build(raw_embedding=True)
-    knn, rank = OnlineKNN(k=5, bank_size=64), RankMe()
+    knn, rank = OnlineKNN(k=5), RankMe()
     t = trainer(max_epochs=2, logger=recording_logger, callbacks=[knn, rank], num_sanity_val_steps=1)
     t.fit(module, clusters(n=64, seed=0), clusters(n=32, seed=1, batch_size=5))
     assert [v for _, v in recording_logger.series("eval/knn_acc")] == [1.0, 1.0], "sanity check (empty bank) logs nothing"
-    assert torch.equal(knn._bank_labels.sort().values, Clusters(64, 0).label.sort().values)
     expected = rankme(Clusters(32, seed=1).x).item()
     assert [v for _, v in recording_logger.series("eval/rankme")] == pytest.approx([expected] * 2, rel=1e-5)
     assert 5.0 < expected < 8.0
 
 
-def test_knn_bank_keeps_the_latest_samples():
+def reference_knn_accuracy(bank, bank_labels, queries, labels, k, temperature, classes) -> float:
+    """Weighted k-NN accuracy written out in float64 numpy, one query at a time (independent of knn_predict)."""
+    bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    correct = 0
+    for query, label in zip(queries, labels):
+        sims = bank @ query
+        votes = np.zeros(classes)
+        for j in np.argsort(-sims, kind="stable")[:k]:
+            votes[bank_labels[j]] += np.exp(sims[j] / temperature)
+        correct += int(votes.argmax() == label)
+    return correct / len(labels)
+
+
+def test_knn_bank_is_every_training_image_embedded_by_the_evaluated_weights_in_eval_mode(recording_logger):
+    """k=20 against the reference: the bank is the 96 training points embedded by the final weights in eval mode
+    (BatchNorm running statistics, no dropout), not a buffer of training-mode embeddings of past batches."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(DIM, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, DIM))
+    module = sptrack.Module(forward=ssl_forward, optim=OPTIM, backbone=backbone, raw_embedding=False, embed_dim=DIM)
+    train, val = Clusters(96, 0, noise=1.5), Clusters(48, 1, noise=1.5)
+    t = trainer(max_epochs=2, logger=recording_logger, callbacks=[OnlineKNN()])
+    t.fit(module, DataLoader(train, batch_size=16, shuffle=True), DataLoader(val, batch_size=10))
+    backbone.eval()
+    with torch.no_grad():
+        bank, queries = backbone(train.x).double().numpy(), backbone(val.x).double().numpy()
+    expected = reference_knn_accuracy(bank, train.label.numpy(), queries, val.label.numpy(), 20, 0.07, CLASSES)
+    assert 0.3 < expected < 1.0, "some queries are misclassified, so a different bank would show"
+    assert recording_logger.series("eval/knn_acc")[-1][1] == pytest.approx(expected, abs=1e-7)  # logged in float32; one query is 1/48
+
+
+def test_knn_bank_size_and_bad_settings():
     module = build(raw_embedding=True)
-    knn = OnlineKNN(bank_size=12)
-    trainer(max_epochs=1, callbacks=[knn]).fit(module, clusters(n=32, batch_size=8))
-    data = Clusters(32, 0)
-    kept = torch.nn.functional.normalize(data.x[-12:], dim=1)
-    order = torch.argsort(knn._bank[:, 0])
-    assert torch.allclose(knn._bank[order], kept[torch.argsort(kept[:, 0])], atol=1e-6)
+    knn = OnlineKNN(k=3, bank=Clusters(32, 0), bank_size=5)
+    trainer(max_epochs=1).fit(module, clusters(n=32))
+    t = trainer(callbacks=[knn])
+    t.validate(module, clusters(n=8, seed=1))
+    rows = knn.bank_rows(32)
+    assert len(rows) == len(set(rows)) == 5 and knn.bank_rows(32) == rows and OnlineKNN().bank_rows(7) == list(range(7))
+    train, val = Clusters(32, 0), Clusters(8, 1)
+    expected = reference_knn_accuracy(train.x[rows].numpy(), train.label[rows].numpy(), val.x.numpy(), val.label.numpy(), 3, 0.07, CLASSES)
+    assert t.callback_metrics["eval/knn_acc"].item() == pytest.approx(expected, abs=1e-7)  # float32; one query is 1/8
+    assert expected < 1.0 == reference_knn_accuracy(train.x.numpy(), train.label.numpy(), val.x.numpy(), val.label.numpy(), 3, 0.07, CLASSES)
+    for kwargs, key in (({"bank_size": 0}, "bank_size"), ({"k": 0}, "k"), ({"batch_size": 0}, "batch_size"), ({"temperature": 0}, "temperature")):
+        with pytest.raises(ConfigError, match=f"callbacks.knn.{key}"):
+            OnlineKNN(**kwargs)
+    with pytest.raises(ConfigError, match="callbacks.knn.bank: there is no training loader"):
+        trainer(callbacks=[OnlineKNN()]).validate(module, clusters(n=8, seed=1))
 
 
 def test_unlabelled_samples_are_skipped_and_missing_keys_are_named():
@@ -264,12 +304,13 @@ def test_unlabelled_samples_are_skipped_and_missing_keys_are_named():
         z = self.backbone(batch["x"])
         return {"loss": z.pow(2).mean(), "embedding": z}
 
-    for callback, key in [(OnlineProbe(num_classes=CLASSES), "probe"), (OnlineKNN(), "knn")]:
+    # The probe needs labels to train; the kNN bank, embedded at the first evaluation, to vote.
+    for callback, key, stage in [(OnlineProbe(num_classes=CLASSES), "probe", "fit"), (OnlineKNN(), "knn", "validate")]:
         torch.manual_seed(0)
         m = sptrack.Module(forward=no_label, optim=OPTIM, backbone=nn.Linear(DIM, DIM), embed_dim=DIM)
         loader = DataLoader([{"x": torch.randn(DIM)} for _ in range(8)], batch_size=4)
-        with pytest.raises(ConfigError, match=rf"callbacks\.{key}\.label_key: forward\(batch, stage='fit'\) returned no 'label' entry"):
-            trainer(callbacks=[callback]).fit(m, loader)
+        with pytest.raises(ConfigError, match=rf"callbacks\.{key}\.label_key: forward\(batch, stage='{stage}'\) returned no 'label' entry"):
+            trainer(callbacks=[callback], num_sanity_val_steps=0).fit(m, loader, loader)
     with pytest.raises(ConfigError, match=r"callbacks\.rankme\.embedding_key: .*no 'feats' entry"):
         trainer(callbacks=[RankMe(embedding_key="feats")]).validate(build(), clusters(n=8))
 
@@ -326,7 +367,7 @@ def _ddp_worker(out: Path) -> None:
     train = Clusters(64, seed=0, noise=DDP_NOISE)
     train.x, train.label = train.x[rank::2], train.label[rank::2]
     module = build(raw_embedding=True, teacher=True, dropout=0.0)
-    callbacks = [OnlineProbe(num_classes=CLASSES, optimizer={"type": "AdamW", "lr": 0.05}), OnlineKNN(k=5, bank_size=64),
+    callbacks = [OnlineProbe(num_classes=CLASSES, optimizer={"type": "AdamW", "lr": 0.05}), OnlineKNN(k=5, bank=Subset(Clusters(64, seed=0, noise=DDP_NOISE), range(63))),
                  RankMe(), EMAUpdate("backbone", "teacher")]
     t = trainer(max_epochs=2, devices=2, strategy="ddp", use_distributed_sampler=False, callbacks=callbacks)
     t.fit(module, DataLoader(train, batch_size=8), DataLoader(_ddp_val_share(rank), batch_size=5))
@@ -363,7 +404,8 @@ def test_evaluation_metrics_are_global_under_ddp(tmp_path):
         probe_acc = (probe(val.x).argmax(1) == val.label).float().mean().item()
     assert metrics["eval/probe_acc"] == pytest.approx(probe_acc, abs=1e-6)
 
-    knn_acc = (knn_predict(val.x, train.x, train.label, CLASSES, k=5) == val.label).float().mean().item()
+    # The bank is the 63 rows given (ranks embed 32 and 31 + one padding row), not the rows each rank trains on.
+    knn_acc = (knn_predict(val.x, train.x[:63], train.label[:63], CLASSES, k=5) == val.label).float().mean().item()
     assert metrics["eval/knn_acc"] == pytest.approx(knn_acc, abs=1e-6)
     # The global bank matters: each rank voting against its own half scores differently.
     local = torch.cat([knn_predict(_ddp_val_share(r).x, train.x[r::2], train.label[r::2], CLASSES, k=5) for r in range(2)])

@@ -31,6 +31,8 @@ def _write_recipes(folder: Path) -> None:
     (folder / "a_dir").mkdir()
     (folder / "empty").mkdir()
     (folder / "a_file").write_text("x")
+    (folder / "half" / "train" / "cats").mkdir(parents=True)  # a train/ folder without val/
+    (folder / "half" / "train" / "cats" / "a.jpg").write_text("x")
     (folder / "syntax.py").write_text("from sptrack.recipe.config import RecipeConfig\n\nclass Config(RecipeConfig)\n    pass\n")
     (folder / "boom.py").write_text(
         "from dataclasses import dataclass\n\nfrom sptrack.recipe.config import RecipeConfig\n\n\n"
@@ -83,11 +85,14 @@ CASES = [
     ([DINO, "data.val_batch_size=-1", "--dry-run"], "data.val_batch_size", ">= 1"),
     ([DINO, "data.num_workers=-1", "--dry-run"], "data.num_workers", ">= 0"),
     ([DINO, "data.subset=0", "--dry-run"], "data.subset", ">= 1"),
+    ([DINO, "data.validation_fraction=1.0", "--dry-run"], "data.validation_fraction", "[0, 1)"),
     ([DINO, "data.dataset=cifar1000", "--dry-run"], "data.dataset", "mnist5k"),
     ([DINO, "data.dataset=mnist6k", "--dry-run"], "data.dataset", "Did you mean 'mnist5k'"),
     ([DINO, "data.dataset=image_folder", "--dry-run"], "data.root", "data.root=PATH"),
     ([DINO, "data.dataset=image_folder", "data.root=nope", "--dry-run"], "data.root", "not a directory"),
-    ([DINO, "data.dataset=image_folder", "data.root=empty", "--dry-run"], "data.root", "no 'train'"),
+    ([DINO, "data.dataset=image_folder", "data.root=empty", "--dry-run"], "data.root", "no class sub-directories"),
+    ([DINO, "data.dataset=image_folder", "data.root=half", "--dry-run"], "data.root", "has a 'train' but no 'val' sub-directory"),
+    ([DINO, "data.dataset=image_folder", "data.root=half", "data.heldout_fraction=1.0", "--dry-run"], "data.heldout_fraction", "(0, 1)"),
     ([DINO, "data.root=empty", "--dry-run"], "data.root", "image_folder"),
     # optim.*
     ([DINO, "optim.head.lr=0", "--dry-run"], "optim.head.lr", "> 0"),

@@ -150,9 +150,83 @@ def test_registry_builds_each_dataset(tmp_path, folder):
     assert not torch.equal(val.images, synthetic.images)
     assert len(build_dataset("image_folder", "all", root=folder)) == 4
     _write(tmp_path / "split" / "train" / "a" / "x.png", (0, 0, 0))
-    assert len(build_dataset("image_folder", "train", root=tmp_path / "split", size=4)) == 1
     with pytest.raises(ConfigError, match="no 'val' sub-directory"):
         build_dataset("image_folder", "val", root=tmp_path / "split")
+    _write(tmp_path / "split" / "val" / "a" / "y.png", (0, 0, 0))
+    assert len(build_dataset("image_folder", "train", root=tmp_path / "split", size=4)) == 1
+
+
+def _class_folders(root, counts, suffix=".jpg"):
+    """``root/c0/``, ``root/c1/``, ... holding ``counts[i]`` tiny images each (a different shade per image)."""
+    for label, count in enumerate(counts):
+        for i in range(count):
+            _write(root / f"c{label}" / f"{i:02d}{suffix}", (40 * label, 10 * i, 128), size=(5, 4))
+    return root
+
+
+def test_image_folder_without_train_val_holds_out_a_seeded_stratified_share(tmp_path):
+    root = _class_folders(tmp_path / "photos", (10, 6, 4))
+    train, val = (build_dataset("image_folder", split, root=root, seed=0, heldout_fraction=0.25) for split in ("train", "val"))
+    assert (len(train), len(val)) == (15, 5)
+    # Per class 2.5 / 1.5 / 1.0 held out, rounded by largest remainder (the tie to the lower class).
+    assert val.targets.bincount().tolist() == [3, 1, 1] and train.targets.bincount().tolist() == [7, 5, 3]
+    paths = {split: [p for p, _ in d.samples] for split, d in (("train", train), ("val", val))}
+    assert not set(paths["train"]) & set(paths["val"])
+    assert sorted(paths["train"] + paths["val"]) == sorted(p for p, _ in ImageFolder(root).samples)
+    assert all(int(label) == int(p.parent.name[1:]) for d in (train, val) for p, label in d.samples)
+    _check_sample(val[4], (3, 4, 5), 4)  # renumbered: "index" is the position in the split
+    again = build_dataset("image_folder", "val", root=root, seed=0, heldout_fraction=0.25)
+    assert [p for p, _ in again.samples] == paths["val"]
+    moved = [[p for p, _ in build_dataset("image_folder", "val", root=root, seed=s, heldout_fraction=0.25).samples] for s in (1, 2, 3)]
+    assert any(m != paths["val"] for m in moved) and all(len(m) == 5 for m in moved)
+    with pytest.raises(ConfigError, match=r"in \(0, 1\)") as info:
+        build_dataset("image_folder", "val", root=root, heldout_fraction=1.0)
+    assert info.value.key == "image_folder.heldout_fraction"
+
+
+def test_image_folder_with_train_and_val_reads_them_as_the_splits(tmp_path):
+    root = tmp_path / "photos"
+    _class_folders(root / "train", (3, 2), ".png")
+    _class_folders(root / "val", (1, 1), ".png")
+    for seed in (0, 1):
+        train, val = (build_dataset("image_folder", s, root=root, seed=seed, heldout_fraction=0.5) for s in ("train", "val"))
+        assert (len(train), len(val)) == (5, 2) and train.classes == val.classes == ["c0", "c1"]
+        assert all(p.is_relative_to(root / "val") for p, _ in val.samples)
+    _write(root / "val" / "c2" / "x.png", (0, 0, 0))
+    with pytest.raises(ConfigError, match="differ .only in val/: c2") as info:
+        build_dataset("image_folder", "train", root=root)
+    assert info.value.key == "image_folder.root"
+
+
+def test_folder_loaders_know_channels_classes_and_resize_to_the_recipe_size(tmp_path):
+    from sptrack.recipe.config import DataConfig, RecipeConfig
+    from sptrack.recipe.parts import loaders_for
+
+    root = str(_class_folders(tmp_path / "photos", (4, 4, 2)))
+    loaders = loaders_for(RecipeConfig(data=DataConfig(dataset="image_folder", root=root, batch_size=4)), None, image_size=8)
+    assert (loaders.channels, loaders.num_classes) == (3, 3)
+    assert next(iter(loaders.heldout))["image"].shape == (2, 3, 8, 8) and len(loaders.train_plain.dataset) == 8
+    gray = loaders_for(RecipeConfig(data=DataConfig(dataset="image_folder", root=root, grayscale=True, image_size=12)), None, 8)
+    assert gray.channels == 1 and next(iter(gray.heldout))["image"].shape == (2, 1, 12, 12)
+
+
+def test_the_config_check_accepts_both_layouts_and_names_data_root(tmp_path):
+    from sptrack.recipe.validate import check_image_root
+
+    check_image_root("data.root", str(_class_folders(tmp_path / "flat", (1, 1))))
+    _class_folders(tmp_path / "split" / "train", (1, 1))
+    _class_folders(tmp_path / "split" / "val", (1, 1))
+    check_image_root("data.root", str(tmp_path / "split"))
+    (tmp_path / "flat" / "c2").mkdir()
+    (tmp_path / "split" / "val" / "c0" / "00.jpg").unlink()
+    (tmp_path / "loose").mkdir()
+    _write(tmp_path / "loose" / "a.jpg", (0, 0, 0))
+    _write(tmp_path / "half" / "train" / "a" / "b.jpg", (0, 0, 0))
+    for name, fragment in (("flat", "c2' holds no"), ("split", "c0' holds no"), ("loose", "holds images but no class"),
+                           ("half", "no 'val' sub-directory"), ("nope", "not a directory")):
+        with pytest.raises(ConfigError, match=fragment) as info:
+            check_image_root("data.root", str(tmp_path / name))
+        assert info.value.key == "data.root"
 
 
 def test_registry_errors_suggest_close_names():
@@ -372,3 +446,37 @@ def test_held_out_split_follows_data_split_seed_not_the_training_seed():
     exact = "donot_use_mm_for_euclid_dist"  # the matmul form leaves rounding residue on equal rows
     same = torch.cdist(moved.flatten(1), reference.flatten(1), compute_mode=exact).min(1).values == 0
     assert 150 < int(same.sum()) < 250
+
+
+def test_validation_images_are_carved_from_training_stratified_and_never_trained_on():
+    """``validation_fraction=0.1``: 400 of the 4,000 training images (40 per class), disjoint from the 3,600 trained on;
+    the held-out 1,000 are the same as without it."""
+    from sptrack.data.loaders import recipe_loaders
+
+    def indices(loader) -> torch.Tensor:
+        return torch.cat([b["index"] for b in loader])
+
+    plain = recipe_loaders("mnist5k", 64, 500, None, seed=0)
+    carved = recipe_loaders("mnist5k", 64, 500, None, seed=0, validation_fraction=0.1)
+    val, rest = indices(carved.val), indices(carved.train_plain)
+    assert len(val) == 400 and len(rest) == 3600
+    assert torch.equal(torch.cat([val, rest]).sort().values, torch.arange(4000)), "disjoint, and together the training split"
+    assert torch.equal(torch.cat([b["label"] for b in carved.val]).bincount(), torch.full((10,), 40))
+    assert sorted(carved.train.sampler) == sorted(range(3600)) and len(carved.train.dataset) == 3600
+    assert torch.equal(indices(carved.heldout), indices(plain.heldout)) and plain.val is plain.heldout
+    assert torch.equal(torch.cat([b["image"] for b in carved.heldout]), torch.cat([b["image"] for b in plain.val]))
+    assert torch.equal(indices(recipe_loaders("mnist5k", 64, 500, None, seed=0, validation_fraction=0.1).val), val)
+    assert not torch.equal(indices(recipe_loaders("mnist5k", 64, 500, None, seed=1, validation_fraction=0.1).val).sort().values, val)
+
+
+def test_the_image_folder_keys_apply_only_to_image_folders():
+    from sptrack.recipe.config import DataConfig
+    from sptrack.recipe.validate import check_data
+
+    for key, value in (("grayscale", True), ("image_size", 64), ("heldout_fraction", 0.1)):
+        with pytest.raises(ConfigError, match="only applies to data.dataset=image_folder") as info:
+            check_data(DataConfig(dataset="mnist5k", **{key: value}))
+        assert info.value.key == f"data.{key}"
+    with pytest.raises(ConfigError, match=">= 1") as info:
+        check_data(DataConfig(image_size=0))
+    assert info.value.key == "data.image_size"

@@ -60,7 +60,7 @@ def _children(client: MlflowClient, experiment: str, parent: str) -> list:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_six_trial_sweep_one_child_run_per_trial(kind, mlflow_server, tmp_path, monkeypatch):
+def test_six_trial_sweep_one_child_run_per_trial(kind, mlflow_server, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     storage = f"sqlite:///{tmp_path}/study.db" if kind == "sqlite" else f"journal:{tmp_path}/study.log"
     experiment = f"sweep-{kind}-{tmp_path.name}"
@@ -69,11 +69,21 @@ def test_six_trial_sweep_one_child_run_per_trial(kind, mlflow_server, tmp_path, 
                 "--sweep", "--trials", str(trials), "--storage", storage, "--study", "s6", "--prune-every", "2", "--sampler", "random"]
 
     assert main(args(6)) == 0
+    report = capsys.readouterr().out
 
     study = _load(storage, "s6")
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(6))
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+    # The objective is scored on the 13 validation images carved out of the 128 training ones, the
+    # held-out value on the 500 held-out images, after training and apart from the objective.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete and all(abs(t.value * 13 - round(t.value * 13)) < 1e-5 for t in complete)
+    assert any(0 < round(t.value * 13) < 13 for t in complete), "a fraction of 13 that is not one of 500"
+    assert all(abs(t.user_attrs["heldout_value"] * 500 - round(t.user_attrs["heldout_value"] * 500)) < 1e-4 for t in complete)
+    best = study.best_trial
+    assert f"best trial {best.number}: eval/knn_acc {best.value:.4g} on the validation images; held-out test/knn_acc " \
+           f"{best.user_attrs['heldout_value']:.4g}" in " ".join(report.split())
     space = {p.key: p for p in SearchSpace.from_config(load_recipe("dino").default_config()).params}
     for t in trials:
         assert set(t.params) == set(space) and all(space[k].contains(v) for k, v in t.params.items())
@@ -90,7 +100,7 @@ def test_six_trial_sweep_one_child_run_per_trial(kind, mlflow_server, tmp_path, 
         assert tags[TAG_STATE] == t.state.name
         assert {k: float(tags[TAG_PARAM + k]) for k in t.params} == pytest.approx(t.params)
         assert by_id[t.user_attrs["run_id"]].info.status == "FINISHED"
-    best = study.best_trial
+        assert not [k for k in by_id[t.user_attrs["run_id"]].data.metrics if k.startswith("test/")], "held-out values stay out of the runs"
     parent_run = client.get_run(parent)
     assert parent_run.data.tags["sptrack.best_run_id"] == best.user_attrs["run_id"]
     assert parent_run.data.metrics["sweep/best_value"] == pytest.approx(best.value)
@@ -114,7 +124,8 @@ def test_absurd_lr_is_pruned_before_its_last_step_and_nan_fails_alone(tmp_path, 
     for params in ({"optim.backbone.lr": 1e3, "optim.head.lr": 1e3}, good, good, good, {"optim.backbone.lr": 10.0, "optim.head.lr": 10.0}, good):
         study.enqueue_trial(params)
     args = [*DINO, WIDE_LR, f"trainer.output_dir={tmp_path}", f"tracker.uri={mlflow_uri}",
-            "--tracker", "mlflow", "--sweep", "--trials", "6", "--storage", storage, "--study", "p", "--prune-every", "2", "--prune-startup", "3"]
+            "--tracker", "mlflow", "--sweep", "--trials", "6", "--storage", storage, "--study", "p", "--prune-every", "2", "--prune-startup", "3",
+            "--pruner", "median"]
     assert main(args) == 0
 
     trials = _load(storage, "p").trials
@@ -130,6 +141,11 @@ def test_absurd_lr_is_pruned_before_its_last_step_and_nan_fails_alone(tmp_path, 
     assert last_reported < 8 and pruned.user_attrs["last_step"] < 8  # stopped before the 8th (last) step
     assert pruned.intermediate_values[last_reported] < rest[0].intermediate_values[last_reported]
     assert all(t.value == pytest.approx(rest[0].value) for t in rest)  # the study went on; same seed and params, same result
+    for t in (*rest, pruned):  # every report's signals are stored with the trial
+        signals = t.user_attrs["signals"]
+        assert sorted(int(s) for s in signals) == sorted(t.intermediate_values)
+        assert all(signals[str(s)]["eval/knn_acc"] == v for s, v in t.intermediate_values.items())
+        assert all({"eval/probe_acc", "eval/rankme", "train/loss"} <= set(signals[str(s)]) for s in t.intermediate_values)
 
     client = MlflowClient(mlflow_uri)
     runs = {t.number: client.get_run(t.user_attrs["run_id"]) for t in trials}

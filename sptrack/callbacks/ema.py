@@ -1,4 +1,4 @@
-"""EMA teacher (BYOL/DINO/I-JEPA target network) and the callback that updates it after each optimizer boundary."""
+"""EMA teacher (BYOL/DINO/I-JEPA target network) and the callback that updates it after the student's optimizer steps."""
 
 from __future__ import annotations
 
@@ -131,15 +131,26 @@ def _resolve(module: nn.Module, path: str, key: str) -> nn.Module:
 
 
 class EMAUpdate(pl.Callback):
-    """Update ``module.<teacher_attr>`` (an :class:`EMATeacher`) from ``module.<student_attr>`` after each optimizer boundary.
+    """Update ``module.<teacher_attr>`` (an :class:`EMATeacher`) from ``module.<student_attr>`` after the student's steps.
 
-    Runs in ``on_train_batch_end`` only when ``trainer.global_step`` advanced during the batch
-    (with accumulation, one update per N micro-batches). Update number ``t = global_step - 1``
-    of a run of ``T`` boundaries uses ``cosine_momentum(t, T, base, final)``; ``T`` counts
-    accumulation boundaries (``max_epochs`` x batches / N, capped by ``max_steps``) unless
-    ``total_steps`` is given. Schedule position comes from ``global_step``, so a resumed run
-    continues the schedule exactly. Sends ``hparams/momentum_{teacher_attr}`` to the loggers at
-    step ``t`` (rank 0).
+    Runs in ``on_train_batch_end`` only when ``trainer.global_step`` advanced during the batch,
+    i.e. at the end of an accumulation boundary (with accumulation, at most one update per N
+    micro-batches). Boundary ``b = global_step`` (1-based) updates the teacher only if the student
+    moved there: on an :class:`sptrack.Module`, when at least one optimizer owning student
+    parameters steps at ``b`` (:meth:`~sptrack.Module.optimizers_owning`,
+    :meth:`~sptrack.Module.optimizers_stepping_at`). With every student optimizer at
+    ``frequency=f`` the teacher is updated at boundaries f, 2f, ...; with mixed frequencies
+    (e.g. backbone 1, head 2) at every boundary where any part stepped. Other LightningModules,
+    and a student no optimizer owns, update at every boundary.
+
+    The update at boundary ``b`` of a run of ``T`` boundaries uses
+    ``cosine_momentum(b - 1, T, base, final)``: the momentum follows the schedule position of the
+    boundary, so the schedule's shape over the run does not depend on the frequencies (skipped
+    boundaries just skip their value). ``T`` counts accumulation boundaries (``max_epochs`` x
+    batches / N, capped by ``max_steps``) unless ``total_steps`` is given. Whether and how a
+    boundary updates depends only on ``b``, so a resumed run continues exactly. Each update sends
+    ``hparams/momentum_{teacher_attr}`` to the loggers at step ``b - 1`` (rank 0); skipped
+    boundaries log nothing.
 
     Args:
         student_attr, teacher_attr: dotted submodule paths in the Module.
@@ -165,6 +176,8 @@ class EMAUpdate(pl.Callback):
         self.log_momentum = log_momentum
         self._total: Optional[int] = None
         self._step_before: Optional[int] = None
+        #: Optimizers owning student parameters; None: update at every boundary.
+        self._owners: Optional[frozenset[str]] = None
 
     @property
     def state_key(self) -> str:
@@ -187,7 +200,7 @@ class EMAUpdate(pl.Callback):
         teacher._pairs(student, "parameters")
 
     def on_train_start(self, trainer: "pl.Trainer", module: "pl.LightningModule") -> None:
-        """Fix the schedule length (accumulation boundaries of this run)."""
+        """Fix the schedule length (accumulation boundaries of this run) and the optimizers that move the student."""
         total = self.total_steps
         if total is None:
             total = scheduler_run_length(trainer, getattr(module, "accumulate_grad_batches", 1), "step", 1)
@@ -197,22 +210,30 @@ class EMAUpdate(pl.Callback):
                 "Set max_steps/max_epochs on the Trainer or pass total_steps=.",
             )
         self._total = int(total)
+        self._owners = None
+        if hasattr(module, "optimizers_owning") and hasattr(module, "optimizers_stepping_at"):
+            student, _ = self._modules(module)
+            owners = module.optimizers_owning(student)
+            self._owners = frozenset(owners) if owners else None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         """Remember global_step, to see whether this batch ends an accumulation boundary."""
         self._step_before = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        """After an optimizer boundary, move the teacher towards the student."""
+        """After an optimizer boundary where the student stepped, move the teacher towards it."""
         if self._step_before is None or trainer.global_step <= self._step_before:
             return
+        boundary = trainer.global_step
+        if self._owners is not None and self._owners.isdisjoint(module.optimizers_stepping_at(boundary)):
+            return  # the student did not move at this boundary
         student, teacher = self._modules(module)
         base = teacher.base if self.base is None else self.base
         final = teacher.final if self.final is None else self.final
-        momentum = cosine_momentum(trainer.global_step - 1, self._total, base, final)
+        momentum = cosine_momentum(boundary - 1, self._total, base, final)
         teacher.update_with_momentum(student, momentum)
         if self.log_momentum and trainer.is_global_zero:
             # Straight to the loggers, at the step axis of the boundary (as the Module logs its
             # learning rates): self.log would repeat the value at the batches between boundaries.
             for logger in trainer.loggers:
-                logger.log_metrics({f"hparams/momentum_{self.teacher_attr}": momentum}, step=trainer.global_step - 1)
+                logger.log_metrics({f"hparams/momentum_{self.teacher_attr}": momentum}, step=boundary - 1)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from sptrack.errors import ConfigError
 
 #: File suffixes (compared lower-case) that count as images.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Sub-directories that, when a root holds both, are its train and held-out splits.
+SPLIT_DIRS = ("train", "val")
 _KEY = "image_folder.root"
 
 
@@ -79,8 +82,45 @@ class ImageFolder(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"image": self.load(i), "label": self.targets[i], "index": torch.tensor(i, dtype=torch.int64)}
 
+    @property
+    def channels(self) -> int:
+        """Channels of every decoded image: 1 with ``grayscale``, else 3."""
+        return 1 if self.grayscale else 3
+
+    def select(self, rows) -> "ImageFolder":
+        """A copy holding only the samples ``rows``, in that order (same classes; ``index`` counts from 0 again)."""
+        rows = [int(i) for i in rows]
+        out = copy.copy(self)
+        out.samples = [self.samples[i] for i in rows]
+        out.targets = self.targets[torch.tensor(rows, dtype=torch.int64)]
+        return out
+
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, n={len(self)}, classes={self.num_classes}, size={self.size})"
+
+
+def has_split_dirs(root: Union[str, Path], key: str = _KEY) -> bool:
+    """Whether ``root`` holds both ``train/`` and ``val/`` (its splits), rather than ``<class>/`` folders to split.
+
+    Raises:
+        ConfigError (key ``key``): only one of them exists (the other would be read as a class), or
+            their class sub-directories differ (labels follow the sorted names, so they would not match).
+    """
+    root = Path(root)
+    present = [name for name in SPLIT_DIRS if (root / name).is_dir()]
+    if len(present) == 1:
+        missing = next(name for name in SPLIT_DIRS if name not in present)
+        raise ConfigError(key, f"{str(root)!r} has a {present[0]!r} but no {missing!r} sub-directory.",
+                          f"Add ROOT/{missing}/<class>/<image>, or lay the images out as ROOT/<class>/<image> "
+                          "(without train/val) to hold out data.heldout_fraction of them.")
+    if not present:
+        return False
+    train, val = ({d.name for d in class_dirs(root / name)} for name in SPLIT_DIRS)
+    if train != val:
+        only = "; ".join(f"only in {name}/: {', '.join(sorted(names))}" for name, names in (("train", train - val), ("val", val - train)) if names)
+        raise ConfigError(key, f"the class folders of {str(root / 'train')!r} and {str(root / 'val')!r} differ ({only}).",
+                          "Give both splits the same class folders.")
+    return True
 
 
 def _parse_size(size) -> Optional[tuple[int, int]]:
@@ -97,6 +137,16 @@ def _parse_size(size) -> Optional[tuple[int, int]]:
     raise ConfigError("image_folder.size", f"must be a positive int or (height, width), got {size!r}.")
 
 
+def class_dirs(root: Path) -> list[Path]:
+    """The class sub-directories of ``root`` (hidden ones left out), sorted by name."""
+    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def images_in(directory: Path) -> Iterator[Path]:
+    """The image files under ``directory``, recursively, leaving out hidden files and hidden directories."""
+    return (p for p in directory.rglob("*") if _is_image(p) and not _hidden_below(p, directory))
+
+
 def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Sorted class names and ``(path, label)`` pairs, or a ConfigError explaining what is wrong."""
     layout = "Expected root/<class_name>/<image>.png|jpg|jpeg."
@@ -104,14 +154,14 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
         raise ConfigError(_KEY, f"{str(root)!r} does not exist.", f"Check the path. {layout}")
     if not root.is_dir():
         raise ConfigError(_KEY, f"{str(root)!r} is not a directory.", layout)
-    class_dirs = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
-    if not class_dirs:
+    classes = class_dirs(root)
+    if not classes:
         loose = any(_is_image(p) for p in root.iterdir())
         problem = "holds images but no class sub-directories." if loose else "has no class sub-directories."
         raise ConfigError(_KEY, f"{str(root)!r} {problem}", layout)
     samples: list[tuple[Path, int]] = []
-    for label, directory in enumerate(class_dirs):
-        files = sorted(p for p in directory.rglob("*") if _is_image(p) and not _hidden_below(p, directory))
+    for label, directory in enumerate(classes):
+        files = sorted(images_in(directory))
         if not files:
             raise ConfigError(
                 _KEY,
@@ -119,7 +169,7 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
                 "Remove the directory or add images to it.",
             )
         samples.extend((p, label) for p in files)
-    return [d.name for d in class_dirs], samples
+    return [d.name for d in classes], samples
 
 
 def _hidden_below(path: Path, top: Path) -> bool:

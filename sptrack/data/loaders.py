@@ -1,24 +1,49 @@
-"""The three loaders a recipe needs: augmented training, plain training (for evaluation), held-out."""
+"""The loaders a recipe needs: augmented training, plain training (for evaluation), validation, held-out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from sptrack.data.base import split_indices
 from sptrack.data.registry import build_dataset
 from sptrack.data.sampler import ResumableSampler
 
 
 @dataclass
 class RecipeLoaders:
-    """``train`` carries the view augmentation; ``train_plain`` and ``val`` carry none."""
+    """``train`` carries the view augmentation; the others carry none.
+
+    ``val`` is what training evaluates on: the validation images carved out of the training split
+    when ``validation_fraction`` > 0, else the held-out split itself; ``heldout`` is always the
+    held-out split (scored by the end-of-run evaluation). ``train_plain`` holds the training images
+    (without the validation ones), un-augmented, for probes and kNN banks.
+    """
 
     train: DataLoader
     train_plain: DataLoader
     val: DataLoader
+    heldout: DataLoader
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images (those of the first held-out one): what the recipe's encoder takes in."""
+        return int(self.heldout.dataset[0]["image"].shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """The dataset's ``num_classes``, else 1 + the largest label of the training and held-out images."""
+        base = self.heldout.dataset
+        while isinstance(base, Subset):
+            base = base.dataset
+        count = getattr(base, "num_classes", None)
+        if count is not None:
+            return int(count)
+        return 1 + int(max(sample_labels(self.train_plain.dataset).max(), sample_labels(self.heldout.dataset).max()))
 
 
 def recipe_loaders(
@@ -30,6 +55,7 @@ def recipe_loaders(
     subset: Optional[int] = None,
     seed: int = 0,
     shuffle_seed: int = 0,
+    validation_fraction: float = 0.0,
     **dataset_kwargs: Any,
 ) -> RecipeLoaders:
     """Build the train/val splits of ``dataset`` and their loaders.
@@ -40,20 +66,49 @@ def recipe_loaders(
     the training dataset's ``gpu_transform`` so the Module applies it on the device. The training order
     comes from a :class:`ResumableSampler` seeded with ``shuffle_seed`` (epoch ``e`` uses
     ``shuffle_seed + e``), so a run resumed mid-epoch continues the same order.
+
+    ``validation_fraction`` > 0 holds back that share of the training images (after ``subset``;
+    class-stratified, drawn with ``seed``) as the ``val`` loader; they are never trained on.
     """
     train = build_dataset(dataset, "train", seed=seed, **dataset_kwargs)
-    val = build_dataset(dataset, "val", seed=seed, **dataset_kwargs)
+    heldout = build_dataset(dataset, "val", seed=seed, **dataset_kwargs)
     if subset is not None:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         train = Subset(train, order[: min(subset, len(train))].sort().values.tolist())
+    val = heldout
+    if validation_fraction > 0:
+        train, val = carve_validation(train, validation_fraction, seed)
     augmented = _with_transform(train, train_transform)
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    heldout_loader = DataLoader(heldout, batch_size=val_batch_size, shuffle=False, generator=_own_generator(shuffle_seed), **common)
     return RecipeLoaders(
         train=DataLoader(augmented, batch_size=min(batch_size, len(augmented)), sampler=ResumableSampler(augmented, seed=shuffle_seed),
                          drop_last=True, generator=_own_generator(shuffle_seed), **common),
         train_plain=DataLoader(train, batch_size=val_batch_size, shuffle=False, generator=_own_generator(shuffle_seed), **common),
-        val=DataLoader(val, batch_size=val_batch_size, shuffle=False, generator=_own_generator(shuffle_seed), **common),
+        val=heldout_loader if val is heldout else DataLoader(val, batch_size=val_batch_size, shuffle=False,
+                                                             generator=_own_generator(shuffle_seed), **common),
+        heldout=heldout_loader,
     )
+
+
+def sample_labels(dataset) -> np.ndarray:
+    """Integer labels of every sample of ``dataset`` (read from ``labels``/``targets`` when it has them, else sample by sample)."""
+    if isinstance(dataset, Subset):
+        return sample_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    for name in ("labels", "targets"):
+        labels = getattr(dataset, name, None)
+        if labels is not None:
+            return np.asarray(labels, dtype=np.int64).reshape(-1)
+    return np.asarray([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def carve_validation(train, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """``(rest, validation)``: ``round(fraction * len(train))`` (at least 1) images, class-stratified and seeded, held back."""
+    labels = sample_labels(train)
+    count = min(max(1, round(fraction * len(train))), len(train) - 1)
+    rows = split_indices(labels, count, "val", seed)
+    rest = np.setdiff1d(np.arange(len(train)), rows, assume_unique=True)
+    return Subset(train, rest.tolist()), Subset(train, rows.tolist())
 
 
 def _own_generator(seed: int) -> torch.Generator:

@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from sptrack.data.base import SPLITS, check_split
+from sptrack.data.base import SPLITS, check_split, split_indices
 from sptrack.data.digits import Digits
-from sptrack.data.folder import ImageFolder
+from sptrack.data.folder import ImageFolder, has_split_dirs
 from sptrack.data.mnist import MNIST5k
 from sptrack.data.synthetic import SyntheticImages
 from sptrack.errors import ConfigError, suggestion, unknown_name_error
@@ -28,20 +28,31 @@ def _synthetic(split: str, n: int | None = None, seed: int = 0, **kwargs: Any) -
     return SyntheticImages(n, seed=seed + (_SYNTHETIC_VAL_SEED_OFFSET if split == "val" else 0), **kwargs)
 
 
-def _image_folder(split: str, root: str | Path | None = None, **kwargs: Any) -> ImageFolder:
-    """``root/<split>/<class>/...`` for "train"/"val", ``root/<class>/...`` itself for "all"."""
+def _image_folder(split: str, root: str | Path | None = None, seed: int = 0, heldout_fraction: float = 0.2,
+                  **kwargs: Any) -> ImageFolder:
+    """A folder of images in either layout, and ``root/<class>/...`` itself for "all".
+
+    ``root/train/<class>/...`` and ``root/val/<class>/...`` when both exist: they are "train" and
+    "val" (``seed`` and ``heldout_fraction`` play no part). Otherwise ``root/<class>/...``: "val" is
+    ``heldout_fraction`` of its images (at least one; class-stratified, drawn with ``seed``, see
+    :func:`~sptrack.data.base.split_indices`) and "train" the rest.
+    """
     if root is None:
         raise ConfigError("dataset.root", "the 'image_folder' dataset needs a root directory.", "Pass root='path/to/images'.")
     root = Path(root)
     if split == "all":
         return ImageFolder(root, **kwargs)
-    if not (root / split).is_dir():
-        raise ConfigError(
-            "image_folder.root",
-            f"{str(root)!r} has no {split!r} sub-directory.",
-            f"Lay the images out as root/{split}/<class>/<image>, or use split='all' to read root/<class>/ as is.",
-        )
-    return ImageFolder(root / split, **kwargs)
+    if has_split_dirs(root):
+        return ImageFolder(root / split, **kwargs)
+    fraction = heldout_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError("image_folder.heldout_fraction", f"must be a number in (0, 1), got {fraction!r}.", "Use e.g. 0.2.")
+    folder = ImageFolder(root, **kwargs)
+    if len(folder) < 2:
+        raise ConfigError("image_folder.root", f"{str(root)!r} holds {len(folder)} image; a held-out split needs at least 2.",
+                          "Add images.")
+    n_val = min(max(1, round(fraction * len(folder))), len(folder) - 1)
+    return folder.select(split_indices(folder.targets.numpy(), n_val, split, seed))
 
 
 #: name -> factory(split, **kwargs). Extend with :func:`register_dataset`.
@@ -82,10 +93,12 @@ def build_dataset(name: str, split: str = "train", **kwargs: Any) -> Dataset:
     """The dataset ``name`` ("mnist5k", "digits", "image_folder", "synthetic") for ``split``.
 
     ``split`` is "train", "val" or "all". Keyword arguments go to the dataset (e.g. ``seed``,
-    ``gpu_transform``; ``root``/``size``/``grayscale`` for "image_folder"; ``n``/``channels``/
-    ``size``/``num_classes`` for "synthetic"). "image_folder" reads ``root/<split>/`` for "train"
-    and "val" and ``root`` itself for "all"; "synthetic" draws the "val" split from a different
-    seed than "train" (default sizes :data:`SYNTHETIC_SIZES`).
+    ``gpu_transform``; ``root``/``heldout_fraction``/``size``/``grayscale`` for "image_folder";
+    ``n``/``channels``/``size``/``num_classes`` for "synthetic"). "image_folder" reads
+    ``root/train/`` and ``root/val/`` when both exist, else holds out a seeded, stratified
+    ``heldout_fraction`` of ``root/<class>/`` (see ``_image_folder``), and reads ``root`` itself for
+    "all"; "synthetic" draws the "val" split from a different seed than "train" (default sizes
+    :data:`SYNTHETIC_SIZES`).
 
     Raises:
         ConfigError: unknown name (key ``dataset``, with close matches), unknown split (key

@@ -350,6 +350,24 @@ class Module(pl.LightningModule):
         )
         return [slot.summary() for slot in slots]
 
+    def optimizers_stepping_at(self, boundary: int) -> list[str]:
+        """Names of the optimizers that step at 1-based accumulation boundary ``boundary``.
+
+        ``boundary`` is ``trainer.global_step`` right after that boundary; an optimizer with
+        ``frequency=f`` steps when ``boundary % f == 0`` (see :meth:`OptimizerSlot.steps_at`).
+        In the order of ``trainer.optimizers``; empty before :meth:`configure_optimizers`.
+        """
+        return [slot.name for slot in self._steps.slots if slot.steps_at(boundary)]
+
+    def optimizers_owning(self, submodule: nn.Module) -> list[str]:
+        """Names of the optimizers that own at least one parameter of ``submodule`` (matched by identity).
+
+        In the order of ``trainer.optimizers``; empty before :meth:`configure_optimizers` and for a
+        submodule no optimizer trains (frozen, or left unassigned).
+        """
+        ids = {id(p) for p in submodule.parameters()}
+        return [slot.name for slot in self._steps.slots if any(id(p) in ids for p in slot.params)]
+
     def optimizer_summary(self) -> list[dict]:
         """One plain dict per optimizer (name, class, lr, modules, params, frequency, scheduler, clip...)."""
         return [slot.summary() for slot in self._steps.slots]

@@ -31,6 +31,17 @@ class DataConfig:
     # Seed of the train/held-out partition (and of `subset`), apart from trainer.seed: runs with
     # different training seeds are then scored on the same held-out images.
     split_seed: int = 0
+    # Share of the training images held back (seeded with split_seed, stratified by class, never
+    # trained on) as the split that training evaluates on: online kNN/probe/RankMe, a sweep's
+    # objective and pruning. The held-out split is then scored only by the end-of-run evaluation.
+    # 0 (single runs): training evaluates on the held-out split, as the papers' online monitors do.
+    validation_fraction: float = 0.0
+    # dataset="image_folder" only. ROOT/train/ and ROOT/val/, when both exist, are the training and
+    # held-out splits; otherwise this share of ROOT/<class>/ is held out (stratified by class, drawn
+    # with split_seed).
+    heldout_fraction: float = 0.2
+    image_size: Optional[int] = None  # side the images are resized to when decoded; None: the recipe's input size
+    grayscale: bool = False  # decode to 1 channel instead of 3 (RGB)
 
 
 @dataclass

@@ -23,6 +23,14 @@ class Experiment:
     encoder_factory: Callable[[], Any]
     embed: Callable[[Any, Any], Any]
     eval_train_loader: Optional[Any] = None
+    #: The held-out split the end-of-run evaluation scores; default: ``val_loader``. Differs from it
+    #: when training evaluates on validation images carved out of the training split.
+    heldout_loader: Optional[Any] = None
+
+    @property
+    def final_eval_loader(self) -> Any:
+        """What the end-of-run evaluation scores: ``heldout_loader`` when given, else ``val_loader``."""
+        return self.heldout_loader if self.heldout_loader is not None else self.val_loader
 
     @property
     def probe_train_loader(self) -> Any:

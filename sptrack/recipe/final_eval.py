@@ -38,8 +38,9 @@ def final_linear_eval(experiment, encoder=None, baseline_inits: int = 5) -> dict
     """
     train_loader = experiment.probe_train_loader
     encoder = experiment.encoder if encoder is None else encoder
-    trained = linear_probe_accuracy(encoder, experiment.embed, train_loader, experiment.val_loader)
-    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, train_loader, experiment.val_loader, baseline_inits)
+    heldout = experiment.final_eval_loader
+    trained = linear_probe_accuracy(encoder, experiment.embed, train_loader, heldout)
+    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, train_loader, heldout, baseline_inits)
     return {
         "linear_probe_acc": trained, "random_init_linear_probe_acc": baseline["mean"],
         "random_init_linear_probe_std": baseline["std"], "linear_probe_gain": trained - baseline["mean"],

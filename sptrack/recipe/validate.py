@@ -29,6 +29,8 @@ MAX_SEED = 2**32 - 1  # numpy's and Lightning's bound
 TRACKERS = ("none", "mlflow", "wandb")
 #: "fsdp2" is sptrack's registered name for Lightning's ModelParallelStrategy.
 STRATEGIES = ("auto", "ddp", "fsdp2")
+#: ``data.*`` keys that only an image folder reads.
+FOLDER_ONLY = ("root", "heldout_fraction", "image_size", "grayscale")
 
 
 def _is_int(value: Any) -> bool:
@@ -129,7 +131,7 @@ def check_output_dir(key: str, value: Any) -> None:
 
 
 def check_data(d: DataConfig) -> None:
-    """Batch sizes, workers, subset, split seed and the image folder root.
+    """Batch sizes, workers, subset, split seed, validation and held-out fractions, and the image folder's keys.
 
     The name is checked by :func:`check_dataset_name`: it must be a registered dataset when the
     recipe's own default is one (the recipe then builds its data through the registry); a recipe with
@@ -141,10 +143,22 @@ def check_data(d: DataConfig) -> None:
     if d.subset is not None:
         integer("data.subset", d.subset, 1, "Use e.g. data.subset=512, or None for the whole training split.")
     integer("data.split_seed", d.split_seed, 0, f"Use a seed in [0, {MAX_SEED}].")
+    fraction = d.validation_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise ConfigError("data.validation_fraction", f"must be a number in [0, 1), got {fraction!r}.",
+                          "Use e.g. data.validation_fraction=0.1, or 0 to evaluate on the held-out split.")
+    held_out = d.heldout_fraction
+    if isinstance(held_out, bool) or not isinstance(held_out, (int, float)) or not 0.0 < held_out < 1.0:
+        raise ConfigError("data.heldout_fraction", f"must be a number in (0, 1), got {held_out!r}.",
+                          "Use e.g. data.heldout_fraction=0.2.")
+    if d.image_size is not None:
+        integer("data.image_size", d.image_size, 1, "Use e.g. data.image_size=64, or None for the recipe's input size.")
     if d.dataset == "image_folder":
         check_image_root("data.root", d.root)
-    elif d.root is not None:
-        raise ConfigError("data.root", f"only applies to data.dataset=image_folder, not {d.dataset!r}.", "Drop data.root.")
+        return
+    for name in FOLDER_ONLY:
+        if getattr(d, name) != DataConfig.__dataclass_fields__[name].default:
+            raise ConfigError(f"data.{name}", f"only applies to data.dataset=image_folder, not {d.dataset!r}.", f"Drop data.{name}.")
 
 
 def check_dataset_name(d: DataConfig, default_dataset: Optional[str] = None) -> None:
@@ -159,21 +173,29 @@ def check_dataset_name(d: DataConfig, default_dataset: Optional[str] = None) -> 
 
 
 def check_image_root(key: str, root: Any) -> None:
-    """``root/train/<class>/`` and ``root/val/<class>/`` exist and each holds at least one image."""
-    from sptrack.data.folder import IMAGE_SUFFIXES
+    """``root`` holds ``<class>/`` folders, or ``train/<class>/`` and ``val/<class>/``, each class with an image.
 
-    layout = "Lay the images out as ROOT/train/<class>/<image> and ROOT/val/<class>/<image>."
+    Quick: each class folder is searched only up to its first image (the dataset lists them all later).
+    """
+    from sptrack.data.folder import IMAGE_SUFFIXES, SPLIT_DIRS, class_dirs, has_split_dirs, images_in
+
+    layout = ("Lay the images out as ROOT/<class>/<image> (data.heldout_fraction of them are held out), "
+              "or as ROOT/train/<class>/<image> and ROOT/val/<class>/<image>.")
     if not isinstance(root, str) or not root.strip():
         raise ConfigError(key, "data.dataset=image_folder needs the folder of images.", f"Pass data.root=PATH. {layout}")
     path = Path(root).expanduser()
     if not path.is_dir():
         raise ConfigError(key, f"{root!r} is not a directory.", f"Pass an existing folder. {layout}")
-    for split in ("train", "val"):
-        folder = path / split
-        if not folder.is_dir():
-            raise ConfigError(key, f"{root!r} has no {split!r} sub-directory.", layout)
-        if not any(f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") for f in folder.rglob("*")):
-            raise ConfigError(key, f"{str(folder)!r} holds no {'/'.join(IMAGE_SUFFIXES)} image.", layout)
+    for folder in [path / split for split in SPLIT_DIRS] if has_split_dirs(path, key) else [path]:
+        classes = class_dirs(folder)
+        if not classes:
+            loose = any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in folder.iterdir())
+            problem = "holds images but no class sub-directories" if loose else "has no class sub-directories"
+            raise ConfigError(key, f"{str(folder)!r} {problem}.", layout)
+        for directory in classes:
+            if next(images_in(directory), None) is None:
+                raise ConfigError(key, f"class directory {str(directory)!r} holds no {'/'.join(IMAGE_SUFFIXES)} image.",
+                                  "Remove the directory or add images to it.")
 
 
 def check_tracker(t: TrackerConfig) -> None:

@@ -72,12 +72,18 @@ def build(cfg: Config):
     from sptrack.methods import ijepa_loss, ijepa_targets, predict_blocks
     from sptrack.nn import ViT, ViTPredictor
     from sptrack.recipe import Experiment
-    from sptrack.recipe.parts import evaluation_callbacks, loaders_for
+    from sptrack.recipe.parts import evaluation_callbacks, experiment_loaders, loaders_for
 
     m, j = cfg.model, cfg.ijepa
+    crop = MultiCropViews(global_size=m.img_size, n_global=1, n_local=0, global_scale=j.crop_scale, flip_p=0.0,
+                          jitter_p=0.0, blur_p=0.0, solarize_p=0.0)
+    grid = (m.img_size // m.patch_size, m.img_size // m.patch_size)  # the encoder's patch grid (it checks the sizes)
+    sampler = BlockMaskSampler(grid, j.num_targets, j.target_scale, j.target_aspect, j.context_scale, min_context=j.min_context)
+    loaders = loaders_for(cfg, nn.Sequential(crop, IJEPAMasks(sampler)), image_size=m.img_size)
+    channels = loaders.channels  # 1 for MNIST, 3 for an RGB image folder
 
     def make_encoder() -> nn.Module:
-        return ViT(img_size=m.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
+        return ViT(img_size=m.img_size, patch_size=m.patch_size, in_chans=channels, embed_dim=m.embed_dim, depth=m.depth,
                    num_heads=m.num_heads, use_cls_token=False)
 
     encoder = make_encoder()
@@ -104,18 +110,12 @@ def build(cfg: Config):
         teacher=EMATeacher(encoder, base=j.ema_base),
         hparams={"recipe": "ijepa"},
     )
-    crop = MultiCropViews(global_size=m.img_size, n_global=1, n_local=0, global_scale=j.crop_scale, flip_p=0.0,
-                          jitter_p=0.0, blur_p=0.0, solarize_p=0.0)
-    sampler = BlockMaskSampler(encoder.grid_size, j.num_targets, j.target_scale, j.target_aspect, j.context_scale,
-                               min_context=j.min_context)
-    transform = nn.Sequential(crop, IJEPAMasks(sampler))
-    loaders = loaders_for(cfg, transform)
     callbacks = [
         EMAUpdate("encoder", "teacher"),
-        *evaluation_callbacks(m.embed_dim, cfg.probe_lr),
+        *evaluation_callbacks(m.embed_dim, cfg.probe_lr, loaders),
     ]
     module_teacher = module.teacher.module
     return Experiment(
-        module=module, train_loader=loaders.train, val_loader=loaders.val, eval_train_loader=loaders.train_plain,
+        module=module, **experiment_loaders(loaders),
         callbacks=callbacks, encoder=module_teacher, encoder_factory=make_encoder, embed=lambda enc, x: enc(x),
     )

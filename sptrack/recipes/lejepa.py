@@ -70,12 +70,16 @@ def build(cfg: Config):
     from sptrack.methods import LeJEPALoss
     from sptrack.nn import MLP, ViT
     from sptrack.recipe import Experiment
-    from sptrack.recipe.parts import evaluation_callbacks, loaders_for
+    from sptrack.recipe.parts import evaluation_callbacks, experiment_loaders, loaders_for
 
     m, j = cfg.model, cfg.lejepa
+    views = MultiCropViews(global_size=j.global_size, local_size=j.local_size, n_global=j.n_global, n_local=j.n_local,
+                           global_scale=j.global_scale, local_scale=j.local_scale)
+    loaders = loaders_for(cfg, views, image_size=j.global_size)
+    channels = loaders.channels  # 1 for MNIST, 3 for an RGB image folder
 
     def make_backbone() -> nn.Module:
-        return ViT(img_size=j.global_size, patch_size=m.patch_size, embed_dim=m.embed_dim, depth=m.depth,
+        return ViT(img_size=j.global_size, patch_size=m.patch_size, in_chans=channels, embed_dim=m.embed_dim, depth=m.depth,
                    num_heads=m.num_heads, use_cls_token=False)
 
     encoder = nn.ModuleDict({
@@ -109,10 +113,7 @@ def build(cfg: Config):
         lejepa_loss=LeJEPALoss(j.lamb, j.num_slices, j.knots, j.t_max, seed=cfg.trainer.seed),
         hparams={"recipe": "lejepa"},
     )
-    views = MultiCropViews(global_size=j.global_size, local_size=j.local_size, n_global=j.n_global, n_local=j.n_local,
-                           global_scale=j.global_scale, local_scale=j.local_scale)
-    loaders = loaders_for(cfg, views)
     return Experiment(
-        module=module, train_loader=loaders.train, val_loader=loaders.val, eval_train_loader=loaders.train_plain,
-        callbacks=evaluation_callbacks(m.embed_dim, cfg.probe_lr), encoder=encoder["backbone"], encoder_factory=make_backbone, embed=lambda enc, x: enc(x),
+        module=module, **experiment_loaders(loaders),
+        callbacks=evaluation_callbacks(m.embed_dim, cfg.probe_lr, loaders), encoder=encoder["backbone"], encoder_factory=make_backbone, embed=lambda enc, x: enc(x),
     )

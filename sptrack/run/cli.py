@@ -70,12 +70,13 @@ SWEEP_FLAGS = {
     "--study": ("study", str, "study name (default <recipe>-sweep); re-running resumes it"),
     "--workers": ("workers", int, "worker processes on the study (K separate commands work too)"),
     "--sampler": ("sampler", str, "tpe (default), cmaes or random"),
-    "--pruner": ("pruner", str, "median (default), hyperband or none"),
+    "--pruner": ("pruner", str, "halving (successive halving, the default), median, hyperband or none"),
     "--objective": ("objective", str, "metric to optimise (default eval/knn_acc)"),
     "--direction": ("direction", str, "max (default) or min"),
-    "--prune-every": ("prune_every", int, "report to the pruner every K optimizer steps (default 50)"),
+    "--prune-every": ("prune_every", int, "report to the pruner every K optimizer steps (default: a tenth of a trial)"),
     "--prune-metric": ("prune_metric", str, "metric reported to the pruner (default: the objective)"),
     "--prune-startup": ("prune_startup", int, "trials before the median pruner prunes (default 3)"),
+    "--prune-warmup": ("prune_warmup", float, "fraction of a trial's optimizer steps before it may be pruned (default 0)"),
     "--heartbeat": ("heartbeat_s", int, "heartbeat seconds; silent trials are retried after twice that (default 60)"),
 }
 

@@ -37,6 +37,11 @@ class TrialResult:
     #: ``(flag, metric)`` when the objective or prune metric was never logged; ``logged`` lists what was.
     unlogged: Optional[tuple[str, str]] = None
     logged: tuple = ()
+    #: The objective's metric on the held-out split after training (``test/...``), when the trial
+    #: evaluated on validation images; for the report only, never told to the sampler or pruner.
+    heldout: Optional[float] = None
+    #: ``{step: {metric: value}}`` at each report (see :attr:`TrialMonitor.signals`).
+    signals: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +56,7 @@ class TrialContext:
     every_n_steps: int
     parent_run_id: Optional[str] = None
     distributed: bool = False
+    prune_warmup: float = 0.0
 
 
 def trial_dir(ctx: TrialContext, number: int) -> Path:
@@ -70,6 +76,51 @@ def _trainer_kwargs(cfg: Any, ctx: TrialContext) -> dict:
     return kwargs
 
 
+def trial_steps(recipe: Any, cfg: Any, world_size: int = 1) -> int:
+    """Optimizer steps of a trial of ``cfg`` on ``world_size`` processes: epochs x boundaries per epoch, capped by max_steps.
+
+    Builds the recipe's experiment once (under a forked RNG) to count its training batches; the
+    search space may change the length of single trials (e.g. the batch size), not this estimate.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        batches = len(recipe.build_experiment(cfg).train_loader)
+    t = cfg.trainer
+    batches = max(1, batches // max(1, world_size))
+    limit = t.limit_train_batches
+    if limit is not None:
+        batches = int(limit) if isinstance(limit, int) or limit > 1 else max(1, int(batches * limit))
+    total = max(1, batches // max(1, t.accumulate_grad_batches)) * t.max_epochs
+    return min(total, t.max_steps) if t.max_steps not in (None, -1) else total
+
+
+def heldout_name(objective: str) -> str:
+    """The held-out counterpart of an evaluation metric: ``eval/knn_acc`` -> ``test/knn_acc``."""
+    return "test/" + objective.split("/", 1)[1]
+
+
+def heldout_value(experiment: Any, cfg: Any, ctx: TrialContext) -> Optional[float]:
+    """The objective's metric on the experiment's held-out split, or None when training already evaluated on it.
+
+    A separate Trainer without tracker or pruning callbacks runs ``test`` with the recipe's
+    evaluation callbacks (every rank takes part), so the number reaches neither the trial's
+    tracked run nor the study's sampler.
+    """
+    from sptrack.module.trainer import Trainer
+
+    loader = getattr(experiment, "heldout_loader", None)
+    if loader is None or loader is experiment.val_loader:
+        return None
+    kwargs = _trainer_kwargs(cfg, ctx)
+    for key in ("val_check_interval", "check_val_every_n_epoch"):
+        kwargs.pop(key, None)
+    tester = Trainer(**kwargs, callbacks=list(experiment.callbacks), logger=False)
+    tester.test(experiment.module, loader, verbose=False)
+    value = tester.callback_metrics.get(heldout_name(ctx.objective))
+    return float(value) if value is not None else None
+
+
 def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: Any = None) -> TrialResult:
     """Train trial ``number`` with ``params``; ``trial`` is the ``optuna.Trial`` on rank 0, None elsewhere."""
     import lightning.pytorch as pl
@@ -80,7 +131,7 @@ def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: 
 
     start = time.perf_counter()
     tracker = None
-    monitor = TrialMonitor(trial, ctx.monitor, ctx.every_n_steps, ctx.objective)
+    monitor = TrialMonitor(trial, ctx.monitor, ctx.every_n_steps, ctx.objective, ctx.prune_warmup)
     try:
         cfg = SearchSpace.apply(ctx.base_cfg, params)
         folder = trial_dir(ctx, number)
@@ -104,6 +155,9 @@ def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: 
                 raise
         return _result("FAIL", tracker, monitor, start, error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
     logged = tuple(sorted(trainer.callback_metrics))
+    heldout = None
+    if monitor.pruned_at is None and is_eval_metric(ctx.objective):
+        heldout = heldout_value(experiment, cfg, ctx)
     unlogged = None
     if ctx.objective not in logged:
         unlogged = ("--objective", ctx.objective)
@@ -115,12 +169,12 @@ def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: 
         shown = ", ".join(logged) or "none"
         return _result("FAIL", tracker, monitor, start, unlogged=unlogged, logged=logged,
                        error=f"the objective {ctx.objective!r} was not logged as a finite number (logged: {shown}).")
-    return _result("COMPLETE", tracker, monitor, start, value=monitor.value, unlogged=unlogged, logged=logged)
+    return _result("COMPLETE", tracker, monitor, start, value=monitor.value, unlogged=unlogged, logged=logged, heldout=heldout)
 
 
 def _result(state: str, tracker: Any, monitor: TrialMonitor, start: float, value: Optional[float] = None, error: Optional[str] = None,
             **names: Any) -> TrialResult:
     return TrialResult(
         state=state, value=value, run_id=getattr(tracker, "run_id", None), step=monitor.last_step,
-        error=error, reported=dict(monitor.reported), wall_s=time.perf_counter() - start, **names,
+        error=error, reported=dict(monitor.reported), signals=dict(monitor.signals), wall_s=time.perf_counter() - start, **names,
     )

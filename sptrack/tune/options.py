@@ -12,9 +12,14 @@ from typing import Optional
 from sptrack.errors import ConfigError, unknown_name_error
 
 SAMPLERS = ("tpe", "cmaes", "random")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "halving", "hyperband", "none")
 DIRECTIONS = ("max", "min")
 DEFAULT_OBJECTIVE = "eval/knn_acc"
+#: ``data.validation_fraction`` of a sweep whose config leaves it at 0: trials are evaluated (objective,
+#: pruning) on this share of the training images, so the held-out split stays out of the selection.
+SWEEP_VALIDATION_FRACTION = 0.1
+#: Reports to the pruner per trial when ``--prune-every`` is not given.
+REPORTS_PER_TRIAL = 10
 
 
 @dataclass
@@ -22,7 +27,9 @@ class SweepOptions:
     """Everything ``--sweep`` needs besides the recipe and its config.
 
     ``storage`` None means ``sqlite:///<trainer.output_dir>/<recipe>/optuna.db``; ``study`` None
-    means ``<recipe>-sweep``; ``prune_metric`` None means the objective; ``heartbeat_s`` is Optuna's
+    means ``<recipe>-sweep``; ``prune_metric`` None means the objective; ``prune_every`` None means
+    :data:`REPORTS_PER_TRIAL` reports per trial; ``prune_warmup`` is the fraction of a trial's steps
+    before which it is never pruned; ``heartbeat_s`` is Optuna's
     heartbeat interval (RDB storages; a trial whose worker is silent for twice as long is FAIL and
     retried up to ``max_retry`` times).
     """
@@ -32,12 +39,13 @@ class SweepOptions:
     study: Optional[str] = None
     workers: int = 1
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "halving"
     objective: str = DEFAULT_OBJECTIVE
     direction: str = "max"
-    prune_every: int = 50
+    prune_every: Optional[int] = None
     prune_metric: Optional[str] = None
     prune_startup: int = 3
+    prune_warmup: float = 0.0
     heartbeat_s: int = 60
     max_retry: int = 3
     sampler_seed: Optional[int] = None
@@ -51,8 +59,13 @@ class SweepOptions:
         """Raise :class:`ConfigError` naming the option for any bad value; returns self."""
         for name, low in (("trials", 1), ("workers", 1), ("prune_every", 1), ("prune_startup", 0), ("heartbeat_s", 1), ("max_retry", 0)):
             value = getattr(self, name)
+            if name == "prune_every" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(_flag(name), f"must be an integer >= {low}, got {value!r}.")
+        warmup = self.prune_warmup
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:
+            raise ConfigError("--prune-warmup", f"must be a fraction of a trial's steps in [0, 1), got {warmup!r}.", "Use e.g. --prune-warmup 0.3.")
         for name, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("direction", DIRECTIONS)):
             value = getattr(self, name)
             if value not in valid:

@@ -55,13 +55,19 @@ class TrialMonitor(pl.Callback):
         monitor: the reported metric (higher/lower is better as for the study's direction).
         every_n_steps: reporting period in optimizer steps.
         objective: the final metric; read in ``on_train_end`` into :attr:`value`.
+        warmup: no prune before this fraction of the trial's optimizer steps (earlier reports
+            still reach the pruner, as references for later trials).
 
     After the fit: :attr:`pruned_at` (the step a prune was decided, or None), :attr:`reported`
-    (``{step: value}`` as reported), :attr:`value` (the objective, None when not logged).
+    (``{step: value}`` as reported), :attr:`value` (the objective, None when not logged) and
+    :attr:`signals` (rank 0): at each report step every ``eval/...`` metric then logged and
+    ``train/loss``, the mean training loss since the previous report, the candidates of what
+    predicts a trial's end (``bench/sweeps.py`` ranks them).
     """
 
-    def __init__(self, trial: Any, monitor: str, every_n_steps: int, objective: str):
+    def __init__(self, trial: Any, monitor: str, every_n_steps: int, objective: str, warmup: float = 0.0):
         self.trial = trial
+        self.warmup = float(warmup)
         self.monitor = monitor
         self.every_n_steps = int(every_n_steps)
         self.objective = objective
@@ -69,7 +75,10 @@ class TrialMonitor(pl.Callback):
         self.reported: dict[int, float] = {}
         self.value: Optional[float] = None
         self.last_step: int = 0
+        self.signals: dict[int, dict[str, float]] = {}
         self._window: list[float] = []
+        self._loss_sum: Optional[torch.Tensor] = None  # summed on the device: no host sync per step
+        self._loss_count = 0
         self._next_report = self.every_n_steps
         self._warned = False
 
@@ -81,7 +90,9 @@ class TrialMonitor(pl.Callback):
             if value is not None and math.isfinite(value):
                 self.trial.report(value, step)
                 self.reported[step] = value
-                prune = allow_prune and bool(self.trial.should_prune())
+                self.signals[step] = self._signals(trainer)
+                warm = step >= self.warmup * trainer.estimated_stepping_batches
+                prune = allow_prune and warm and bool(self.trial.should_prune())
             elif not self._warned:
                 self._warned = True
                 shown = ", ".join(sorted(k for k in trainer.callback_metrics)) or "none yet"
@@ -91,12 +102,23 @@ class TrialMonitor(pl.Callback):
             self.pruned_at = step
             trainer.should_stop = True
 
+    def _signals(self, trainer: pl.Trainer) -> dict[str, float]:
+        found = {k: _number(v) for k, v in trainer.callback_metrics.items() if is_eval_metric(k)}
+        if self._loss_count:
+            found["train/loss"] = float(self._loss_sum) / self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        return {k: v for k, v in found.items() if v is not None and math.isfinite(v)}
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Non-finite check (all ranks agree), windowed training-metric reports, final-batch stop."""
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         bad = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
             raise NonFiniteLossError(f"the training loss is not finite at step {trainer.global_step}.")
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            detached = loss.detach().float()
+            self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+            self._loss_count += 1
         self.last_step = int(trainer.global_step)
         if not is_eval_metric(self.monitor):
             value = _number(trainer.callback_metrics.get(self.monitor))

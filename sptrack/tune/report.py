@@ -45,6 +45,16 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def best_line(best: Any, objective: str) -> str:
+    """The best trial's validation value and, apart, its held-out value (never seen by the sampler or pruner)."""
+    line = f"best trial {best.number}: {objective} {_fmt(best.value)} on the validation images"
+    heldout = best.user_attrs.get("heldout_value")
+    if heldout is None:
+        return line + " (no held-out value: the trials evaluated on the held-out split)."
+    name = "test/" + objective.split("/", 1)[-1]
+    return line + f"; held-out {name} {_fmt(float(heldout))} (scored after training, not used to choose)."
+
+
 def print_report(study: Any, spec: Any, console: Any = None) -> None:
     """Print the best trials (value, params, run id), the importances and the dashboard command."""
     from rich.console import Console
@@ -64,6 +74,8 @@ def print_report(study: Any, spec: Any, console: Any = None) -> None:
     console.print(table)
     if not top:
         console.print("no trial has completed yet.")
+    else:
+        console.print(best_line(top[0], objective), soft_wrap=True)
     values, reason = importances(study)
     if values is None:
         console.print(reason)

@@ -46,7 +46,7 @@ from sptrack.tune.distributed import (
     under_torchrun,
     world_from_env,
 )
-from sptrack.tune.options import SweepOptions
+from sptrack.tune.options import REPORTS_PER_TRIAL, SWEEP_VALIDATION_FRACTION, SweepOptions
 from sptrack.tune.space import SearchSpace
 from sptrack.tune.storage import StorageSpec, admission_lock, open_storage, resolve_storage
 
@@ -74,6 +74,10 @@ def prepare(recipe: Any, cfg: Any, opts: SweepOptions) -> SearchSpace:
     if cfg.trainer.strategy == "auto" and world_from_env().distributed:
         raise ConfigError("--strategy", f"this command runs as {world_from_env().size} processes (torchrun) but the strategy is 'auto'.",
                           "Pass --strategy ddp or --strategy fsdp2.")
+    data = getattr(cfg, "data", None)
+    if data is not None and not getattr(data, "validation_fraction", 0):
+        # Trials are compared on images the final report does not score (see DataConfig).
+        data.validation_fraction = SWEEP_VALIDATION_FRACTION
     return SearchSpace.from_config(cfg)
 
 
@@ -88,13 +92,16 @@ def _sampler(opts: SweepOptions):
     return optuna.samplers.TPESampler(seed=opts.sampler_seed)
 
 
-def _pruner(opts: SweepOptions):
+def make_pruner(kind: str, every: int, startup: int):
+    """The Optuna pruner of ``--pruner`` (``--prune-warmup`` is applied by the TrialMonitor, which asks it)."""
     import optuna
 
-    if opts.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=opts.prune_startup, n_warmup_steps=0, interval_steps=1)
-    if opts.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=opts.prune_every, max_resource="auto")
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0, interval_steps=1)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=every, max_resource="auto")
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3, min_early_stopping_rate=0)
     return optuna.pruners.NopPruner()
 
 
@@ -105,7 +112,7 @@ def open_study(name: str, spec: StorageSpec, opts: SweepOptions):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(spec, opts.heartbeat_s, opts.max_retry)
     direction = "maximize" if opts.direction == "max" else "minimize"
-    study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(opts), pruner=_pruner(opts),
+    study = optuna.create_study(study_name=name, storage=storage, sampler=_sampler(opts), pruner=make_pruner(opts.pruner, opts.prune_every, opts.prune_startup),
                                 direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise ConfigError("--direction", f"study {name!r} in {spec.shown_url} already {study.direction.name.lower()}s.",
@@ -182,6 +189,10 @@ def tell(study: Any, trial: Any, result: TrialResult) -> None:
     trial.set_user_attr("last_step", int(result.step))
     if result.error:
         trial.set_user_attr("error", result.error[:4000])
+    if result.heldout is not None:
+        trial.set_user_attr("heldout_value", result.heldout)
+    if result.signals:
+        trial.set_user_attr("signals", {str(step): values for step, values in result.signals.items()})
     if result.state == "COMPLETE":
         study.tell(trial, result.value)
     else:
@@ -249,6 +260,15 @@ def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) ->
     if needs_relaunch(devices, cfg.trainer.strategy) and not os.environ.get(LAUNCHED_ENV):
         return relaunch(devices, argv)
     world = init_process_group(cfg.trainer.accelerator) if under_torchrun() else World()
+    if opts.prune_every is None:
+        from sptrack.tune.objective import trial_steps
+
+        # Every rank computes the same number from the recipe's own config (the pruner needs it before any trial).
+        steps = trial_steps(recipe, cfg, world.size)
+        opts.prune_every = max(1, steps // REPORTS_PER_TRIAL)
+        if world.is_zero:
+            print(f"sptrack.tune: trials report every {opts.prune_every} optimizer steps ({REPORTS_PER_TRIAL} reports in a "
+                  f"{steps}-step trial; --prune-every K to choose)", flush=True)
     # Optuna warns that heartbeats are meant for study.optimize: this runner beats itself (Heartbeat).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     # One line per trial instead of Lightning's per-fit banners.
@@ -266,7 +286,7 @@ def run_sweep(recipe: Any, cfg: Any, opts: SweepOptions, argv: Sequence[str]) ->
     parent = broadcast_object(parent, world)
     from sptrack.tune.objective import TrialContext, run_trial
 
-    ctx = TrialContext(recipe, cfg, name, opts.objective, opts.monitor, opts.prune_every, parent, world.distributed)
+    ctx = TrialContext(recipe, cfg, name, opts.objective, opts.monitor, opts.prune_every, parent, world.distributed, opts.prune_warmup)
     while True:
         trial = payload = None
         if world.is_zero:

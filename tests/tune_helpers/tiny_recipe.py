@@ -1,7 +1,7 @@
 """Test recipe: a tiny two-optimizer SSL-style MLP on Gaussian class clusters (works under DDP and FSDP2).
 
 Two noisy views of each point; the head of view 1 regresses the (detached) embedding of view 2.
-OnlineKNN scores held-out points (``eval/knn_acc``). ``record_dir``: every rank writes
+OnlineKNN scores held-out points (``eval/knn_acc``), or validation points carved from training ones. ``record_dir``: every rank writes
 ``<record_dir>/<trial folder>-rank<r>.json`` with its world size, strategy and, per named optimizer,
 the lr its torch optimizer holds and the Module's frequency; ``step_sleep_s`` pauses after each
 batch (to kill a worker mid-trial).
@@ -93,7 +93,14 @@ def build(cfg: Config):
             if cfg.step_sleep_s:
                 time.sleep(cfg.step_sleep_s)
 
-    train = DataLoader(Clusters(cfg.data.subset or 128, seed=1), batch_size=cfg.data.batch_size, shuffle=False)
-    val = DataLoader(Clusters(256, seed=2), batch_size=cfg.data.val_batch_size)
-    return Experiment(module=module, train_loader=train, val_loader=val, callbacks=[OnlineKNN(k=5), Record()],
+    from sptrack.data.loaders import carve_validation
+
+    train_set, heldout = Clusters(cfg.data.subset or 128, seed=1), Clusters(256, seed=2)
+    val_set = heldout
+    if cfg.data.validation_fraction:
+        train_set, val_set = carve_validation(train_set, cfg.data.validation_fraction, cfg.data.split_seed)
+    train = DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=False)
+    val = DataLoader(val_set, batch_size=cfg.data.val_batch_size)
+    heldout_loader = val if val_set is heldout else DataLoader(heldout, batch_size=cfg.data.val_batch_size)
+    return Experiment(module=module, train_loader=train, val_loader=val, heldout_loader=heldout_loader, callbacks=[OnlineKNN(k=5), Record()],
                       encoder=backbone, encoder_factory=make_backbone, embed=lambda enc, x: enc(x))
