@@ -187,7 +187,7 @@ def test_two_process_trial_trains_every_rank_with_the_sampled_params(strategy, s
 def test_killed_worker_trial_is_retried(tmp_path):
     storage, record = f"sqlite:///{tmp_path}/study.db", tmp_path / "record"
     common = [TINY_RECIPE, f"trainer.output_dir={tmp_path}", f"record_dir={record}", "--sweep", "--trials", "2", "--storage", storage,
-              "--study", "k", "--heartbeat", "1", "--prune-every", "2"]
+              "--study", "k", "--heartbeat", "1", "--prune-every", "2", "--pruner", "none"]
     worker = subprocess.Popen([sys.executable, "-m", "sptrack.run", *common, "step_sleep_s=3"], cwd=tmp_path, env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
