@@ -33,6 +33,8 @@ def _write_recipes(folder: Path) -> None:
     (folder / "a_file").write_text("x")
     (folder / "half" / "train" / "cats").mkdir(parents=True)  # a train/ folder without val/
     (folder / "half" / "train" / "cats" / "a.jpg").write_text("x")
+    (folder / "flat" / "cats").mkdir(parents=True)  # a ROOT/<class>/ folder (only names are checked before training)
+    (folder / "flat" / "cats" / "a.jpg").write_text("x")
     (folder / "syntax.py").write_text("from sptrack.recipe.config import RecipeConfig\n\nclass Config(RecipeConfig)\n    pass\n")
     (folder / "boom.py").write_text(
         "from dataclasses import dataclass\n\nfrom sptrack.recipe.config import RecipeConfig\n\n\n"
@@ -94,6 +96,8 @@ CASES = [
     ([DINO, "data.dataset=image_folder", "data.root=half", "--dry-run"], "data.root", "has a 'train' but no 'val' sub-directory"),
     ([DINO, "data.dataset=image_folder", "data.root=half", "data.heldout_fraction=1.0", "--dry-run"], "data.heldout_fraction", "(0, 1)"),
     ([DINO, "data.root=empty", "--dry-run"], "data.root", "image_folder"),
+    ([DINO, "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",
+     "30 is not a multiple of model.patch_size=4. Use e.g. data.image_size=28 or 32."),
     # optim.*
     ([DINO, "optim.head.lr=0", "--dry-run"], "optim.head.lr", "> 0"),
     ([DINO, "optim.head.lr=-1e-3", "--dry-run"], "optim.head.lr", "> 0"),

@@ -245,6 +245,8 @@ def check_optimizer_accepts(entry: OptimizerEntry, key: str) -> None:
 def check_config(cfg: RecipeConfig, default_dataset: Optional[str] = None) -> None:
     """Raise a :class:`ConfigError` naming the first key outside its domain (see the module docstring).
 
+    Sections with a ``check()`` method run it; so does the config itself when the recipe gives it one.
+
     ``default_dataset``: the recipe's default ``data.dataset`` (see :func:`check_dataset_name`).
     """
     # Checks that need no torch first, so most mistakes are reported in a fraction of a second.
@@ -263,6 +265,8 @@ def check_config(cfg: RecipeConfig, default_dataset: Optional[str] = None) -> No
         if callable(getattr(section, "check", None)):
             section.check()
         _check_learning_rates(name, section)
+    if callable(getattr(cfg, "check", None)):
+        cfg.check()  # the recipe's own cross-section rules (e.g. an image size its patch size divides)
     check_dataset_name(cfg.data, default_dataset)
     for key, entry in entries.items():
         check_optimizer_accepts(entry, key)
@@ -274,3 +278,16 @@ def _check_learning_rates(prefix: str, section: Any) -> None:
         leaf = key.rsplit(".", 1)[-1]
         if (leaf == "lr" or leaf.endswith("_lr")) and not OPTIMIZER_RULES["lr"][0](value):
             raise ConfigError(key, f"must be {OPTIMIZER_RULES['lr'][1]}, got {value!r}.")
+
+
+def check_patch_divides(image_size: Optional[int], input_size: int, patch_size: int, patch_key: str) -> None:
+    """``data.image_size`` (when set; else the recipe's ``input_size``) must be a multiple of the ViT's ``patch_size``.
+
+    Evaluation embeds whole images at that size, so another size would fail at the first validation.
+    """
+    size = image_size if image_size is not None else input_size
+    if isinstance(size, int) and isinstance(patch_size, int) and patch_size > 0 and size % patch_size:
+        lower = max(patch_size, size // patch_size * patch_size)
+        raise ConfigError("data.image_size", f"{size} is not a multiple of {patch_key}={patch_size}.",
+                          f"Use e.g. data.image_size={lower} or {lower + patch_size}.")
+

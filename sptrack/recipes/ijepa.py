@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sptrack.recipe import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
+from sptrack.recipe.validate import check_patch_divides
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Config(RecipeConfig):
     )
     probe_lr: float = 1e-3
     search_space: dict = field(default_factory=lambda: {"optim.*.lr": "log-uniform x0.1..x10", "optim.*.frequency": [1, 2]})
+
+    def check(self) -> None:
+        """A folder's images are decoded at a size the ViT's patches divide (evaluation embeds whole images)."""
+        if self.data.dataset == "image_folder":
+            check_patch_divides(self.data.image_size, self.model.img_size, self.model.patch_size, "model.patch_size")
 
 
 def build(cfg: Config):
