@@ -96,6 +96,7 @@ CASES = [
     ([DINO, "data.dataset=image_folder", "data.root=half", "--dry-run"], "data.root", "has a 'train' but no 'val' sub-directory"),
     ([DINO, "data.dataset=image_folder", "data.root=half", "data.heldout_fraction=1.0", "--dry-run"], "data.heldout_fraction", "(0, 1)"),
     ([DINO, "data.root=empty", "--dry-run"], "data.root", "image_folder"),
+    ([DINO, "preset=vit_s16", "--dry-run"], "preset", "Did you mean 'vit_s16_imagenet'"),
     ([DINO, "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",
      "30 is not a multiple of model.patch_size=4. Use e.g. data.image_size=28 or 32."),
     # optim.*

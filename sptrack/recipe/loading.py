@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -23,6 +23,7 @@ from sptrack.errors import ConfigError, suggestion
 from sptrack.recipe.config import RecipeConfig
 from sptrack.recipe.experiment import Experiment
 from sptrack.recipe.failures import recipe_failure
+from sptrack.recipe.presets import Preset
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Recipe:
     config_cls: type
     build: Callable[[Any], Experiment]
     doc: str
+    presets: dict = field(default_factory=dict)  # name -> sptrack.recipe.presets.Preset
 
     def default_config(self) -> RecipeConfig:
         """A fresh config with the recipe's defaults."""
@@ -92,4 +94,7 @@ def load_recipe(spec: str) -> Recipe:
         raise ConfigError(f"recipe {path.name}", "must define `class Config(RecipeConfig)` as a dataclass.")
     if not callable(build):
         raise ConfigError(f"recipe {path.name}", "must define `build(cfg) -> Experiment`.")
-    return Recipe(name=path.stem, path=path, config_cls=config_cls, build=build, doc=(module.__doc__ or "").strip())
+    presets = getattr(module, "PRESETS", {})
+    if not isinstance(presets, dict) or not all(isinstance(p, Preset) for p in presets.values()):
+        raise ConfigError(f"recipe {path.name}", "PRESETS must be a dict of name -> sptrack.recipe.presets.Preset.")
+    return Recipe(name=path.stem, path=path, config_cls=config_cls, build=build, doc=(module.__doc__ or "").strip(), presets=presets)

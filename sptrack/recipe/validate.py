@@ -280,14 +280,25 @@ def _check_learning_rates(prefix: str, section: Any) -> None:
             raise ConfigError(key, f"must be {OPTIMIZER_RULES['lr'][1]}, got {value!r}.")
 
 
-def check_patch_divides(image_size: Optional[int], input_size: int, patch_size: int, patch_key: str) -> None:
-    """``data.image_size`` (when set; else the recipe's ``input_size``) must be a multiple of the ViT's ``patch_size``.
+#: Side of the images of the packaged datasets (an image folder's is ``data.image_size`` or the recipe's input size).
+NATIVE_SIZES = {"mnist5k": 28, "digits": 8}
 
-    Evaluation embeds whole images at that size, so another size would fail at the first validation.
-    """
-    size = image_size if image_size is not None else input_size
+
+def check_patch_divides(data: DataConfig, input_size: int, patch_size: int, patch_key: str) -> None:
+    """The images' side (a folder's ``data.image_size``, else the recipe's ``input_size``; a packaged dataset's own
+    size) must be a multiple of the ViT's ``patch_size``: evaluation embeds whole images, so another size would fail
+    at the first validation."""
+    if data.dataset == "image_folder":
+        size, key = (data.image_size if data.image_size is not None else input_size), "data.image_size"
+    elif data.dataset in NATIVE_SIZES:
+        size, key = NATIVE_SIZES[data.dataset], "data.dataset"
+    else:
+        return
     if isinstance(size, int) and isinstance(patch_size, int) and patch_size > 0 and size % patch_size:
+        if key == "data.dataset":
+            raise ConfigError(key, f"{data.dataset}'s {size}-px images are not a multiple of {patch_key}={patch_size}.",
+                              "Use data.dataset=image_folder data.root=PATH for real-size images, or a patch size that divides "
+                              f"{size}.")
         lower = max(patch_size, size // patch_size * patch_size)
-        raise ConfigError("data.image_size", f"{size} is not a multiple of {patch_key}={patch_size}.",
+        raise ConfigError(key, f"{size} is not a multiple of {patch_key}={patch_size}.",
                           f"Use e.g. data.image_size={lower} or {lower + patch_size}.")
-

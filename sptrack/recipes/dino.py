@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sptrack.recipe import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
+from sptrack.recipe.presets import Preset
 from sptrack.recipe.validate import check_patch_divides
 
 
@@ -84,9 +85,30 @@ class Config(RecipeConfig):
     search_space: dict = field(default_factory=lambda: {"optim.*.lr": "log-uniform x0.1..x10", "optim.*.frequency": [1, 2]})
 
     def check(self) -> None:
-        """A folder's images are decoded at a size the ViT's patches divide (evaluation embeds whole images)."""
-        if self.data.dataset == "image_folder" and self.model.backbone == "vit":
-            check_patch_divides(self.data.image_size, self.dino.global_size, self.model.patch_size, "model.patch_size")
+        """The images' side is a multiple of the ViT's patch size (evaluation embeds whole images)."""
+        if self.model.backbone == "vit":
+            check_patch_divides(self.data, self.dino.global_size, self.model.patch_size, "model.patch_size")
+
+
+
+PRESETS = {
+    "vit_s16_imagenet": Preset(
+        summary="ViT-S/16 at 224 px, 2 x 224 + 10 x 96 crops, CLS token, 65,536 prototypes, 300 epochs",
+        source="DINO, Caron et al. 2021, ViT-S/16 with 10 local crops; weight decay fixed at 0.04 (no 0.4 ramp), "
+               "lr 5e-4 for a batch of 256 (scale linearly with the global batch)",
+        values={
+            "model.backbone": "vit", "model.patch_size": 16, "model.embed_dim": 384, "model.depth": 12, "model.num_heads": 6,
+            "model.pool": "cls", "model.out_dim": 65536, "model.head_hidden_dim": 2048, "model.bottleneck_dim": 256,
+            "model.head_norm": None,
+            "dino.n_global": 2, "dino.n_local": 10, "dino.global_size": 224, "dino.local_size": 96,
+            "dino.global_scale": (0.25, 1.0), "dino.local_scale": (0.05, 0.25), "dino.flip_p": 0.5,
+            "dino.solarize_p": (0.0, 0.2), "dino.blur_p": (1.0, 0.1), "dino.teacher_temp": 0.07, "dino.warmup_teacher_temp": 0.04,
+            "dino.warmup_fraction": 0.1, "dino.ema_base": 0.996,
+            "data.batch_size": 256, "trainer.max_epochs": 300,
+            "optim.backbone.lr": 5e-4, "optim.head.lr": 5e-4,
+        },
+    ),
+}
 
 
 def build(cfg: Config):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sptrack.recipe import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
+from sptrack.recipe.presets import Preset
 from sptrack.recipe.validate import check_patch_divides
 
 
@@ -61,9 +62,26 @@ class Config(RecipeConfig):
     search_space: dict = field(default_factory=lambda: {"optim.*.lr": "log-uniform x0.1..x10", "optim.*.frequency": [1, 2]})
 
     def check(self) -> None:
-        """A folder's images are decoded at a size the ViT's patches divide (evaluation embeds whole images)."""
-        if self.data.dataset == "image_folder":
-            check_patch_divides(self.data.image_size, self.model.img_size, self.model.patch_size, "model.patch_size")
+        """The images' side is a multiple of the ViT's patch size (evaluation embeds whole images)."""
+        check_patch_divides(self.data, self.model.img_size, self.model.patch_size, "model.patch_size")
+
+
+
+PRESETS = {
+    "vit_b16_imagenet": Preset(
+        summary="ViT-B/16 at 224 px, 4 target blocks (scale 0.15-0.2), context 0.85-1.0, predictor 384 x 12, 300 epochs",
+        source="I-JEPA, Assran et al. 2023: the masks, predictor, EMA and optimiser of the repository's ViT-H/14 ImageNet "
+               "config on a ViT-B/16 encoder; weight decay fixed at 0.04 (no 0.4 ramp)",
+        values={
+            "model.img_size": 224, "model.patch_size": 16, "model.embed_dim": 768, "model.depth": 12, "model.num_heads": 12,
+            "model.predictor_dim": 384, "model.predictor_depth": 12, "model.predictor_heads": 12,
+            "ijepa.num_targets": 4, "ijepa.target_scale": (0.15, 0.2), "ijepa.target_aspect": (0.75, 1.5),
+            "ijepa.context_scale": (0.85, 1.0), "ijepa.min_context": 10, "ijepa.crop_scale": (0.3, 1.0), "ijepa.ema_base": 0.996,
+            "data.batch_size": 128, "trainer.max_epochs": 300,
+            "optim.encoder.lr": 1e-3, "optim.predictor.lr": 1e-3,
+        },
+    ),
+}
 
 
 def build(cfg: Config):

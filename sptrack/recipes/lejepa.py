@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sptrack.recipe import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
+from sptrack.recipe.presets import Preset
 from sptrack.recipe.validate import check_patch_divides
 
 
@@ -61,9 +62,26 @@ class Config(RecipeConfig):
     search_space: dict = field(default_factory=lambda: {"optim.*.lr": "log-uniform x0.1..x10", "optim.*.frequency": [1, 2]})
 
     def check(self) -> None:
-        """A folder's images are decoded at a size the ViT's patches divide (evaluation embeds whole images)."""
-        if self.data.dataset == "image_folder":
-            check_patch_divides(self.data.image_size, self.lejepa.global_size, self.model.patch_size, "model.patch_size")
+        """The images' side is a multiple of the ViT's patch size (evaluation embeds whole images)."""
+        check_patch_divides(self.data, self.lejepa.global_size, self.model.patch_size, "model.patch_size")
+
+
+
+PRESETS = {
+    "vit_s8_imagenette": Preset(
+        summary="ViT-S/8 at 128 px, 4 views of scale 0.08-1, lambda 0.02, 16-d projections, 800 epochs",
+        source="LeJEPA, Balestriero & LeCun 2025, the authors' minimal Imagenette example; the embedding is the mean-pooled "
+               "384-d patch tokens (theirs a 512-d linear head)",
+        values={
+            "model.patch_size": 8, "model.embed_dim": 384, "model.depth": 12, "model.num_heads": 6, "model.proj_hidden_dim": 2048,
+            "model.proj_dim": 16,
+            "lejepa.n_global": 4, "lejepa.n_local": 0, "lejepa.global_size": 128, "lejepa.global_scale": (0.08, 1.0),
+            "lejepa.lamb": 0.02, "lejepa.num_slices": 256, "lejepa.knots": 17,
+            "data.batch_size": 256, "trainer.max_epochs": 800,
+            "optim.backbone.lr": 2e-3, "optim.projector.lr": 2e-3,
+        },
+    ),
+}
 
 
 def build(cfg: Config):

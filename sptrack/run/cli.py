@@ -16,6 +16,7 @@ from sptrack.parallel.launch import resolve_devices
 from sptrack.recipe.config import RecipeConfig, apply_overrides, flatten
 from sptrack.recipe.failures import TRACEBACK_ENV, one_line, wants_traceback
 from sptrack.recipe.loading import Recipe, load_recipe, recipes_dir
+from sptrack.recipe.presets import apply_preset, describe, find_preset, split_preset
 from sptrack.recipe.validate import STRATEGIES, TRACKERS, check_config
 
 USAGE = "python -m sptrack.run RECIPE [key=value ...] [options]"
@@ -117,6 +118,10 @@ def recipe_help(recipe: Recipe) -> str:
     lines = [f"{recipe.name}: {recipe.doc.splitlines()[0] if recipe.doc else ''}", "", "keys (key=value):"]
     for key, value in flatten(recipe.default_config()).items():
         lines.append(f"  {key} = {value!r}")
+    if recipe.presets:
+        lines += ["", "presets (preset=NAME, applied before the other overrides):"]
+        for name, preset in recipe.presets.items():
+            lines += ["  " + line for line in describe(name, preset)]
     return "\n".join(lines)
 
 
@@ -125,9 +130,12 @@ SHORTCUTS = {"--devices": "devices", "--strategy": "strategy", "--accelerator": 
 
 
 def resolve_config(recipe: Recipe, overrides: Sequence[str], args: argparse.Namespace) -> RecipeConfig:
-    """Recipe defaults, then the ``key=value`` overrides, then the option shortcuts; checked (see sptrack.recipe.validate)."""
+    """Recipe defaults, then a ``preset=NAME``, then the other ``key=value`` overrides, then the option shortcuts; checked."""
     cfg = recipe.default_config()
     default_dataset = cfg.data.dataset
+    preset, overrides = split_preset(overrides)
+    if preset is not None:
+        apply_preset(cfg, find_preset(recipe.presets, preset, recipe.name))
     apply_overrides(cfg, list(overrides))
     given = {flag: getattr(args, field) for flag, field in SHORTCUTS.items() if getattr(args, field) is not None}
     for flag, value in given.items():
@@ -210,6 +218,9 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         from sptrack.run.dry_run import print_dry_run
 
+        preset, _ = split_preset(args.overrides)
+        if preset is not None:
+            print("\n".join(describe(preset, recipe.presets[preset])))
         print_dry_run(recipe, cfg)
         return 0
     from lightning.pytorch.utilities.exceptions import SIGTERMException
