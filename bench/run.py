@@ -3,7 +3,7 @@
     python bench/run.py                        # all but sweeps, <= 20 minutes on 2 CPU cores
     python bench/run.py --only sweeps          # the repeated-study pruning benchmark alone (~75 minutes)
     python bench/run.py --quick                # a few rounds of each, sweeps included, for development (~5 minutes)
-    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps
+    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps, loader
     python bench/run.py --report-only          # re-render RESULTS.md from the JSON already there
 
 Each benchmark runs in its own process (its own thread settings, imports and memory) and writes its
@@ -32,9 +32,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps")
+ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps", "loader")
 #: What a full run without --only measures (sweeps: ~75 minutes alone).
-DEFAULT = ("overhead", "cli", "tracker", "comm", "learning")
+DEFAULT = ("overhead", "cli", "tracker", "comm", "learning", "loader")
 #: Full mode: the recipes' schedules times this (bench/learning.py: ~6 of the 20 minutes at 0.5; ~12 at 1.0).
 LEARNING_EPOCHS_SCALE = 0.5
 
@@ -52,8 +52,8 @@ def commands(quick: bool, out: Path, threads: int, epochs_scale: float = LEARNIN
         "comm": [py, str(BENCH / "comm.py"), "--out", str(out), *q],
     }
     # learning trains with 2 torch threads (its own default, the machine's cores); sweeps with 1 (small models).
-    extra = {"learning": [] if quick else ["--epochs-scale", str(epochs_scale)], "sweeps": []}
-    for name in ("learning", "sweeps"):
+    extra = {"learning": [] if quick else ["--epochs-scale", str(epochs_scale)], "sweeps": [], "loader": []}
+    for name in ("learning", "sweeps", "loader"):
         script = BENCH / f"{name}.py"
         cmds[name] = [py, str(script), "--out", str(out), *q, *extra[name]] if script.exists() else f"bench/{name}.py does not exist yet"
     return cmds
@@ -190,7 +190,7 @@ def render(out: Path, status: dict) -> Path:
                 lines += fn(data)
             except (KeyError, TypeError) as err:  # an older or partial JSON must not hide the other sections
                 lines += [f"## {name}", "", f"(could not render {name}.json: {err!r})", ""]
-    for name in ("learning", "sweeps"):
+    for name in ("learning", "sweeps", "loader"):
         data = _load(out, name)
         if data is not None and data.get("markdown"):
             lines += [data["markdown"].rstrip(), ""]

@@ -480,3 +480,26 @@ def test_the_image_folder_keys_apply_only_to_image_folders():
     with pytest.raises(ConfigError, match=">= 1") as info:
         check_data(DataConfig(image_size=0))
     assert info.value.key == "data.image_size"
+
+
+@pytest.mark.parametrize("grayscale", [False, True])
+def test_simplejpeg_and_pillow_decode_a_folder_alike(tmp_path, grayscale):
+    """Both decoders read the same JPEGs to (nearly) the same pixels; "auto" takes simplejpeg when installed."""
+    from PIL import Image
+
+    from sptrack.data import ImageFolder
+
+    g = torch.Generator().manual_seed(0)
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        small = (torch.rand(12, 16, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(small).resize((80, 60), Image.BICUBIC).save(tmp_path / "a" / f"{i}.jpg", quality=92)
+    fast = ImageFolder(tmp_path, size=32, grayscale=grayscale, decoder="simplejpeg")
+    slow = ImageFolder(tmp_path, size=32, grayscale=grayscale, decoder="pillow")
+    assert ImageFolder(tmp_path).decoder == "simplejpeg"
+    for i in range(3):
+        a, b = fast[i]["image"], slow[i]["image"]
+        assert a.shape == b.shape == ((1 if grayscale else 3), 32, 32)
+        assert (a - b).abs().max() <= 3 / 255, "libjpeg-turbo in both: at most a few levels apart after the resize"
+    with pytest.raises(ConfigError, match="image_folder.decoder: unknown decoder 'turbo'"):
+        ImageFolder(tmp_path, decoder="turbo")
