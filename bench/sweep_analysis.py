@@ -57,13 +57,6 @@ def correlation_table(trials: list[dict], signals: list[str], steps: list[int]) 
     return table
 
 
-def make_pruner(kind: str, every: int, startup: int):
-    """The pruners ``--pruner`` builds (sptrack.tune.study.make_pruner), for replays."""
-    from sptrack.tune.study import make_pruner as sweep_pruner
-
-    return sweep_pruner(kind, every, startup)
-
-
 def replay(trials: list[dict], pruner: str, metric: str, every: int, startup: int, warmup: float, total_steps: int,
            study_name: str) -> dict:
     """The study ``pruner`` (reporting ``metric``, no prune before ``warmup`` of the steps) would have made of ``trials``.
@@ -74,6 +67,8 @@ def replay(trials: list[dict], pruner: str, metric: str, every: int, startup: in
     for from the warm-up on, never at the final report (the trial has finished then).
     """
     import optuna
+
+    from sptrack.tune.study import make_pruner  # the pruners --pruner builds
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, direction="maximize", pruner=make_pruner(pruner, every, startup),

@@ -17,6 +17,12 @@ def _pct(value: float) -> str:
     return f"{100 * value:.0f} %"
 
 
+def _repeats(verdicts: list[dict]) -> str:
+    """Per repeat: met or not, the gap below the unpruned best, the share of its steps."""
+    return ", ".join(f"{'✅' if v['within'] else '❌'} gap {100 * v['gap']:+.1f} pts / {_pct(v['steps_ratio'])}" if v["gap"] is not None
+                     else "❌ nothing completed" for v in verdicts)
+
+
 def markdown(data: dict) -> str:
     """Correlation table, the replayed candidates (best per pruner), the chosen default, TPE repeats."""
     steps, every = data["steps"], data["report_every"]
@@ -49,12 +55,11 @@ def markdown(data: dict) -> str:
         lines.append(f"| {c['pruner']}{mark} | `{c['metric']}` | {_pct(c['warmup'])} | {c['within']}/{c['repeats']} | "
                      f"{_pct(c['mean_steps_ratio'])} |")
     pick, check = data["random_chosen"], data["replay_check"]
-    per = ", ".join(f"{'✅' if v['within'] else '❌'} gap {100 * v['gap']:+.1f} pts / {_pct(v['steps_ratio'])}" if v["gap"] is not None
-                    else "❌ nothing completed" for v in pick["per_repeat"])
-    tpe = data["tpe"]
-    tper = ", ".join(f"{'✅' if v['within'] else '❌'} gap {100 * v['gap']:+.1f} pts / {_pct(v['steps_ratio'])}" if v["gap"] is not None
-                     else "❌ nothing completed" for v in data["tpe_per_repeat"])
-    met = lambda s: "✅" if s["within_share"] >= data["goal"]["share"] and s["mean_steps_ratio"] <= data["goal"]["steps_ratio"] else "❌"  # noqa: E731
+    per, tpe, tper = _repeats(pick["per_repeat"]), data["tpe"], _repeats(data["tpe_per_repeat"])
+
+    def met(s: dict) -> str:
+        return "✅" if s["within_share"] >= data["goal"]["share"] and s["mean_steps_ratio"] <= data["goal"]["steps_ratio"] else "❌"
+
     lines += ["", f"**Chosen**: `{data['chosen']}`. Random sampler, per repeat (gap below the unpruned best, share of its "
               f"steps): {per}; in all {pick['within']}/{pick['repeats']} within 0.5 points with {_pct(pick['mean_steps_ratio'])} "
               f"of the steps {met(pick)}. Replay check against a real pruned study (seed 0): states "

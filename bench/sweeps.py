@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     tpe_verdicts = [analysis.verdict(analysis.summarize(tpe[r]["trials"]), analysis.summarize(tpe[repeats + r]["trials"])) for r in range(repeats)]
     data = {"quick": args.quick, "repeats": repeats, "trials": trials, "steps": steps, "report_every": every, "startup": STARTUP,
             "goal": {"share": GOAL_SHARE, "steps_ratio": GOAL_RATIO, "margin": analysis.MARGIN},
-            "correlations": table, "candidates": {k: {kk: vv for kk, vv in v.items()} for k, v in options.items()}, "chosen": chosen,
+            "correlations": table, "candidates": options, "chosen": chosen,
             "random_chosen": pick, "replay_check": replay_check, "tpe": analysis.score(tpe_verdicts), "tpe_per_repeat": tpe_verdicts,
             "studies": random_studies + later, "total_s": round(time.perf_counter() - started, 1), "plot": "sweeps.png"}
     from sweep_report import markdown, plot

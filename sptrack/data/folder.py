@@ -61,7 +61,9 @@ class ImageFolder(Dataset):
         self.root = Path(root)
         self.size = _parse_size(size)
         self.grayscale = bool(grayscale)
-        self.decoder = "simplejpeg" if decoder == "auto" and _has_simplejpeg() else ("pillow" if decoder == "auto" else decoder)
+        if decoder == "auto":
+            decoder = "simplejpeg" if _has_simplejpeg() else "pillow"
+        self.decoder = decoder
         self.gpu_transform = gpu_transform
         self.classes, self.samples = _scan(self.root)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}

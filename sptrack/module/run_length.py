@@ -22,11 +22,15 @@ def boundaries_in_run(trainer: "pl.Trainer", accumulate: int) -> float:
     (not Lightning's per-epoch ``ceil(batches / N) x max_epochs``), capped by ``max_steps``.
     """
     lightning_estimate(trainer)  # makes Lightning size the train dataloader (num_training_batches)
-    per_epoch = trainer.num_training_batches
-    max_epochs, max_steps = _limit(trainer.max_epochs), _limit(trainer.max_steps)
+    return boundaries_for(trainer.num_training_batches, trainer.max_epochs, trainer.max_steps, accumulate)
+
+
+def boundaries_for(batches_per_epoch: float, max_epochs: Optional[int], max_steps: Optional[int], accumulate: int) -> float:
+    """The count of :func:`boundaries_in_run` from its parts (``-1``/None: unbounded), for callers without a fit."""
+    max_epochs, max_steps = _limit(max_epochs), _limit(max_steps)
     boundaries = math.inf
-    if max_epochs is not None and math.isfinite(per_epoch):
-        boundaries = (max_epochs * int(per_epoch)) // max(1, accumulate)
+    if max_epochs is not None and math.isfinite(batches_per_epoch):
+        boundaries = (max_epochs * int(batches_per_epoch)) // max(1, accumulate)
     if max_steps is not None:
         boundaries = min(boundaries, max_steps)
     return boundaries

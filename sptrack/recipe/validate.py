@@ -67,6 +67,12 @@ def integer(key: str, value: Any, low: int, fix: str, allowed: Iterable[Any] = (
         raise ConfigError(key, f"must be an integer >= {low}{extra}, got {value!r}.", fix)
 
 
+def fraction(key: str, value: Any, fix: str, zero: bool = True) -> None:
+    """``value`` must be a number in ``[0, 1)`` (``(0, 1)`` with ``zero=False``)."""
+    if not _is_number(value) or not (0 <= value < 1 if zero else 0 < value < 1):
+        raise ConfigError(key, f"must be a number in {'[' if zero else '('}0, 1), got {value!r}.", fix)
+
+
 def choice(key: str, value: Any, choices: Iterable[str], fix: str = "") -> None:
     """``value`` must be one of ``choices``; the error names the closest."""
     choices = tuple(choices)
@@ -143,14 +149,8 @@ def check_data(d: DataConfig) -> None:
     if d.subset is not None:
         integer("data.subset", d.subset, 1, "Use e.g. data.subset=512, or None for the whole training split.")
     integer("data.split_seed", d.split_seed, 0, f"Use a seed in [0, {MAX_SEED}].")
-    fraction = d.validation_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
-        raise ConfigError("data.validation_fraction", f"must be a number in [0, 1), got {fraction!r}.",
-                          "Use e.g. data.validation_fraction=0.1, or 0 to evaluate on the held-out split.")
-    held_out = d.heldout_fraction
-    if isinstance(held_out, bool) or not isinstance(held_out, (int, float)) or not 0.0 < held_out < 1.0:
-        raise ConfigError("data.heldout_fraction", f"must be a number in (0, 1), got {held_out!r}.",
-                          "Use e.g. data.heldout_fraction=0.2.")
+    fraction("data.validation_fraction", d.validation_fraction, "Use e.g. data.validation_fraction=0.1, or 0 to evaluate on the held-out split.")
+    fraction("data.heldout_fraction", d.heldout_fraction, "Use e.g. data.heldout_fraction=0.2.", zero=False)
     if d.image_size is not None:
         integer("data.image_size", d.image_size, 1, "Use e.g. data.image_size=64, or None for the recipe's input size.")
     if d.dataset == "image_folder":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from sptrack.tune.options import heldout_name
 from sptrack.tune.pruning import NonFiniteLossError, TrialMonitor, is_eval_metric
 from sptrack.tune.tracking import TrialTags, trial_tags, trial_tracker
 
@@ -77,27 +78,25 @@ def _trainer_kwargs(cfg: Any, ctx: TrialContext) -> dict:
 
 
 def trial_steps(recipe: Any, cfg: Any, world_size: int = 1) -> int:
-    """Optimizer steps of a trial of ``cfg`` on ``world_size`` processes: epochs x boundaries per epoch, capped by max_steps.
+    """Optimizer steps of a trial of ``cfg`` on ``world_size`` processes, counted as a fit counts them
+    (:func:`sptrack.module.run_length.boundaries_for`).
 
     Builds the recipe's experiment once (under a forked RNG) to count its training batches; the
     search space may change the length of single trials (e.g. the batch size), not this estimate.
     """
     import torch
 
+    from sptrack.module.run_length import boundaries_for
+
     with torch.random.fork_rng(devices=[]):
         batches = len(recipe.build_experiment(cfg).train_loader)
     t = cfg.trainer
     batches = max(1, batches // max(1, world_size))
-    limit = t.limit_train_batches
+    limit = t.limit_train_batches  # Lightning's rule: an int caps the batches, a float is a share of them
     if limit is not None:
-        batches = int(limit) if isinstance(limit, int) or limit > 1 else max(1, int(batches * limit))
-    total = max(1, batches // max(1, t.accumulate_grad_batches)) * t.max_epochs
-    return min(total, t.max_steps) if t.max_steps not in (None, -1) else total
-
-
-def heldout_name(objective: str) -> str:
-    """The held-out counterpart of an evaluation metric: ``eval/knn_acc`` -> ``test/knn_acc``."""
-    return "test/" + objective.split("/", 1)[1]
+        batches = min(batches, int(limit)) if isinstance(limit, int) else max(1, int(batches * limit))
+    total = boundaries_for(batches, t.max_epochs, t.max_steps, t.accumulate_grad_batches)
+    return int(total) if math.isfinite(total) else batches
 
 
 def heldout_value(experiment: Any, cfg: Any, ctx: TrialContext) -> Optional[float]:
@@ -155,9 +154,6 @@ def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: 
                 raise
         return _result("FAIL", tracker, monitor, start, error=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
     logged = tuple(sorted(trainer.callback_metrics))
-    heldout = None
-    if monitor.pruned_at is None and is_eval_metric(ctx.objective):
-        heldout = heldout_value(experiment, cfg, ctx)
     unlogged = None
     if ctx.objective not in logged:
         unlogged = ("--objective", ctx.objective)
@@ -169,6 +165,7 @@ def run_trial(ctx: TrialContext, number: int, params: Mapping[str, Any], trial: 
         shown = ", ".join(logged) or "none"
         return _result("FAIL", tracker, monitor, start, unlogged=unlogged, logged=logged,
                        error=f"the objective {ctx.objective!r} was not logged as a finite number (logged: {shown}).")
+    heldout = heldout_value(experiment, cfg, ctx) if is_eval_metric(ctx.objective) else None
     return _result("COMPLETE", tracker, monitor, start, value=monitor.value, unlogged=unlogged, logged=logged, heldout=heldout)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from sptrack.errors import ConfigError, unknown_name_error
+from sptrack.recipe.validate import fraction
 
 SAMPLERS = ("tpe", "cmaes", "random")
 PRUNERS = ("median", "halving", "hyperband", "none")
@@ -63,9 +64,7 @@ class SweepOptions:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(_flag(name), f"must be an integer >= {low}, got {value!r}.")
-        warmup = self.prune_warmup
-        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0.0 <= warmup < 1.0:
-            raise ConfigError("--prune-warmup", f"must be a fraction of a trial's steps in [0, 1), got {warmup!r}.", "Use e.g. --prune-warmup 0.3.")
+        fraction("--prune-warmup", self.prune_warmup, "Use e.g. --prune-warmup 0.3 (a fraction of each trial's steps).")
         for name, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("direction", DIRECTIONS)):
             value = getattr(self, name)
             if value not in valid:
@@ -83,6 +82,11 @@ class SweepOptions:
                 raise ConfigError("--sampler", "cmaes needs the 'cmaes' package, which is not installed.",
                                   "Install it (pip install cmaes) or use --sampler tpe.")
         return self
+
+
+def heldout_name(objective: str) -> str:
+    """The held-out counterpart of an evaluation metric: ``eval/knn_acc`` -> ``test/knn_acc``."""
+    return "test/" + objective.split("/", 1)[-1]
 
 
 def _flag(name: str) -> str:

@@ -6,6 +6,8 @@ import math
 import warnings
 from typing import Any, Optional
 
+from sptrack.tune.options import heldout_name
+
 TOP = 5
 
 
@@ -51,8 +53,7 @@ def best_line(best: Any, objective: str) -> str:
     heldout = best.user_attrs.get("heldout_value")
     if heldout is None:
         return line + " (no held-out value: the trials evaluated on the held-out split)."
-    name = "test/" + objective.split("/", 1)[-1]
-    return line + f"; held-out {name} {_fmt(float(heldout))} (scored after training, not used to choose)."
+    return line + f"; held-out {heldout_name(objective)} {_fmt(float(heldout))} (scored after training, not used to choose)."
 
 
 def print_report(study: Any, spec: Any, console: Any = None) -> None:
