@@ -51,6 +51,20 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
+def _run_beside(cmd: list[str], cwd: Path):
+    """Start the uninterrupted reference run while the test works on another (one thread each, own folder; the
+    interruptions wait on checkpoints, not on time); returns the call that waits for it and checks its exit."""
+    log = open(cwd / "stderr.txt", "w")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=log)
+
+    def wait() -> None:
+        proc.wait(timeout=TIMEOUT_S)
+        log.close()
+        assert proc.returncode == 0, (cwd / "stderr.txt").read_text()[-3000:]
+
+    return wait
+
+
 def _progress_steps(ckpt_dir: Path) -> list[int]:
     return [int(p.stem.split("=")[1]) for p in ckpt_dir.glob("progress-step=*.ckpt")]
 
@@ -96,11 +110,17 @@ def _kill_and_resume(recipe: str, tmp_path: Path, seed: int, extra: list[str] = 
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     straight.mkdir()
     broken.mkdir()
-    _run(_command(recipe, straight / "runs", list(extra), torchrun), straight)
+    reference = _command(recipe, straight / "runs", list(extra), torchrun)
+    if torchrun:  # two ranks already fill the cores
+        _run(reference, straight)
+    else:
+        wait_reference = _run_beside(reference, straight)
     cmd = _command(recipe, broken / "runs", list(extra), torchrun)
     left = _run_and_kill(cmd, broken, broken / "runs" / recipe / "version_0" / "checkpoints", rng)
     assert not (broken / "runs" / recipe / "version_0" / "checkpoints" / "epoch=1-step=20.ckpt").exists(), left
     resumed = _run([*cmd, "--resume", "auto"], broken)
+    if not torchrun:
+        wait_reference()
     assert not (broken / "runs" / recipe / "version_1").exists(), "the resumed job must continue in version_0"
     a, b = _final(straight / "runs" / recipe / "version_0"), _final(broken / "runs" / recipe / "version_0")
     assert a["global_step"] == 20
@@ -137,7 +157,7 @@ def test_sigterm_checkpoints_at_a_boundary_and_the_tracked_run_continues(tmp_pat
     broken.mkdir()
     tracked = ["--tracker", "mlflow", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=1000",
                "trainer.max_epochs=4"]
-    _run(_command(recipe, straight / "runs", [*tracked, f"tracker.uri=sqlite:///{straight}/mlflow.db"]), straight)
+    wait_reference = _run_beside(_command(recipe, straight / "runs", [*tracked, f"tracker.uri=sqlite:///{straight}/mlflow.db"]), straight)
     cmd = _command(recipe, broken / "runs", [*tracked, f"tracker.uri=sqlite:///{broken}/mlflow.db"])
     proc = subprocess.Popen(cmd, cwd=broken, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt_dir = broken / "runs" / recipe / "version_0" / "checkpoints"
@@ -155,6 +175,7 @@ def test_sigterm_checkpoints_at_a_boundary_and_the_tracked_run_continues(tmp_pat
     assert 10 < stopped_at < 40 and stopped_at % 10  # after epoch 0, inside an epoch
     assert torch.load(progress[0], weights_only=False)["global_step"] == stopped_at
     _run([*cmd, "--resume", "auto"], broken)
+    wait_reference()
     _assert_bitwise_equal(_final(straight / "runs" / recipe / "version_0"), _final(broken / "runs" / recipe / "version_0"))
     expected, got = _metric_history(straight / "mlflow.db"), _metric_history(broken / "mlflow.db")
     assert sorted(got) == sorted(expected)
