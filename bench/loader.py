@@ -8,10 +8,16 @@ then measures, interleaved round by round on the same cores, in images per secon
 - ``decode Pillow`` / ``decode simplejpeg``: a DataLoader (``--workers`` workers, batches of 64) whose
   dataset only decodes each file to RGB uint8: the limit any pipeline reading these files has;
 - ``folder (decoder)``: :class:`sptrack.data.ImageFolder` at 224 px (decode, resize, float) through the same loader;
-- ``folder + DINO views``: the same batches, then :class:`sptrack.data.MultiCropViews` with DINO's
-  2 x 224 + 10 x 96 crops in the main process (on a GPU run they are made on the device).
+- ``folder + DINO views, crops on the device``: the same batches, then :class:`sptrack.data.MultiCropViews`
+  with DINO's 2 x 224 + 10 x 96 crops cut from the 224-px copy in the main process (``data.crop_from=resized``;
+  on a GPU run this is the device's work);
+- ``folder + DINO crops cut in workers``: each original decoded at 500 x 375 and its 12 views cut from
+  it in the workers (:mod:`sptrack.data.crops`, uint8): the loader of ``data.crop_from=original`` (the
+  default); ``... + photometric on the CPU`` adds the views' photometric half in the main process;
+- ``shards + DINO crops cut in workers``: the same photos as tar shards (``make_shards``, 250 per
+  shard), streamed by ``ShardLoader``, crops cut in the workers (``data.dataset=shards``).
 
-The headline is ``folder + DINO views`` over ``decode Pillow`` (goal >= 0.8). Writes ``DIR/loader.json``.
+The headline is the crops-in-workers pipeline over ``decode Pillow`` (goal >= 0.8). Writes ``DIR/loader.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ common.add_repo_to_path()
 
 import numpy as np  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+DEVICE = "folder + DINO views, crops on the device"
+WORKERS = "folder + DINO crops cut in workers"
+SHARDS = "shards + DINO crops cut in workers"
+WORKERS_PHOTOMETRIC = "folder + DINO crops cut in workers + photometric on the CPU"
 
 
 def write_photos(root: Path, count: int, seed: int = 0) -> list[Path]:
@@ -93,7 +104,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     count, rounds = (200, 1) if args.quick else (args.images, args.rounds)
     threads = common.setup_threads(1)
-    from sptrack.data import ImageFolder, MultiCropViews
+    import torch
+
+    from sptrack.data import ImageFolder, MultiCropViews, ResumableSampler
+    from sptrack.data.crops import CroppedViews, WorkerCrops
+    from sptrack.data.make_shards import make_shards
+    from sptrack.data.shards import ShardedImages, ShardLoader
 
     root = Path(tempfile.mkdtemp(prefix="sptrack-loader-"))
     started = time.perf_counter()
@@ -114,14 +130,22 @@ def main(argv=None) -> None:
         folder = ImageFolder(root, size=224, decoder=d)
         variants[f"folder ({d})"] = lambda folder=folder: rate(DataLoader(folder, **common_args))
     folder = ImageFolder(root, size=224)  # the default decoder: simplejpeg when installed
-    variants["folder + DINO views"] = lambda: rate(DataLoader(folder, **common_args), after=lambda b: views(dict(b)))
+    variants[DEVICE] = lambda: rate(DataLoader(folder, **common_args), after=lambda b: views(dict(b)))
+    originals = ImageFolder(root, dtype=torch.uint8)
+    cropped = CroppedViews(originals, range(len(originals)), WorkerCrops(views.specs, 224))
+    cropped_loader = lambda: DataLoader(cropped, sampler=ResumableSampler(cropped, keyed=True), **common_args)  # noqa: E731
+    variants[WORKERS] = lambda: rate(cropped_loader())
+    make_shards(root, root.parent / f"{root.name}-shards", shard_size=250, heldout_fraction=0.01)
+    shards = ShardedImages(root.parent / f"{root.name}-shards", "train", 64, dtype=torch.uint8, sample_transform=WorkerCrops(views.specs, 224))
+    variants[SHARDS] = lambda: rate(ShardLoader(shards, num_workers=args.workers))
+    variants[WORKERS_PHOTOMETRIC] = lambda: rate(cropped_loader(), after=lambda b: views(dict(b)))
     results: dict[str, list[float]] = {k: [] for k in variants}
     for r in range(rounds):
         for name, run in variants.items():  # interleaved: every round measures every variant
             results[name].append(run())
             print(f"round {r}: {name}: {results[name][-1]:.0f} img/s", flush=True)
     median = {k: float(np.median(v)) for k, v in results.items()}
-    ratio = median["folder + DINO views"] / median["decode pillow"]
+    ratio = median[WORKERS] / median["decode pillow"]
     lines = ["## Image-folder loading (224 px, DINO multi-crop)", "",
              f"{count} generated JPEGs of 500×375, {args.workers} loader workers, batches of 64, torch threads {threads}; "
              f"median of {rounds} interleaved rounds, images per second:", "",
@@ -129,11 +153,17 @@ def main(argv=None) -> None:
     for name, value in median.items():
         lines.append(f"| {name} | {value:.0f} | {value / median['decode pillow']:.2f} |")
     loader_ratio = median[f"folder ({decoders[-1]})"] / median["decode pillow"]
+    device_ratio = median[DEVICE] / median["decode pillow"]
+    photometric_ratio = median[WORKERS_PHOTOMETRIC] / median["decode pillow"]
+    shards_ratio = median[SHARDS] / median["decode pillow"]
     lines += ["", f"The folder loader alone ({decoders[-1]}, resize to 224, float) delivers {loader_ratio:.2f}× the Pillow decode-only "
-              f"limit; with DINO's 2 × 224 + 10 × 96 views made in the main process it delivers **{ratio:.2f}×** "
-              f"({'✅' if ratio >= 0.8 else '❌'} goal ≥ 0.8): on these 2 CPU cores the views, not the loading, are the bottleneck. "
-              "On a GPU they run on the device (bench/gpu.sh, not run: no GPU was lent)."]
+              f"limit. Cutting DINO's 2 × 224 + 10 × 96 crops from the originals in the workers, the loader delivers **{ratio:.2f}×** "
+              f"({'✅' if ratio >= 0.8 else '❌'} goal ≥ 0.8); from tar shards {shards_ratio:.2f}×. Adding the photometric half (blur, jitter, solarize: the "
+              f"device's work) in the main process of these 2 cores gives {photometric_ratio:.2f}×, and cutting the views from "
+              f"the 224-px copy in the main process instead gives {device_ratio:.2f}×. On a GPU the photometric half runs on the "
+              "device (bench/gpu.sh, not run: no GPU was lent)."]
     data = {"images": count, "workers": args.workers, "rounds": rounds, "results": results, "median": median, "ratio": ratio,
+            "shards_ratio": shards_ratio,
             "markdown": "\n".join(lines) + "\n"}
     path = common.write_json("loader", data, Path(args.out))
     print("\n" + data["markdown"] + f"\nwrote {path}")

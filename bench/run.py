@@ -3,7 +3,7 @@
     python bench/run.py                        # all but sweeps, <= 20 minutes on 2 CPU cores
     python bench/run.py --only sweeps          # the repeated-study pruning benchmark alone (~75 minutes)
     python bench/run.py --quick                # a few rounds of each, sweeps included, for development (~5 minutes)
-    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps, loader
+    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps, loader, preset
     python bench/run.py --report-only          # re-render RESULTS.md from the JSON already there
 
 Each benchmark runs in its own process (its own thread settings, imports and memory) and writes its
@@ -32,9 +32,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps", "loader")
+ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps", "loader", "preset")
 #: What a full run without --only measures (sweeps: ~75 minutes alone).
-DEFAULT = ("overhead", "cli", "tracker", "comm", "learning", "loader")
+DEFAULT = ("overhead", "cli", "tracker", "comm", "learning", "loader", "preset")
 #: Full mode: the recipes' schedules times this (bench/learning.py: ~6 of the 20 minutes at 0.5; ~12 at 1.0).
 LEARNING_EPOCHS_SCALE = 0.5
 
@@ -50,6 +50,8 @@ def commands(quick: bool, out: Path, threads: int, epochs_scale: float = LEARNIN
                     *(["--reps", "2", "--batches", "30"] if quick else ["--reps", "4", "--batches", "60"])],
         # Two processes of one thread each, whatever --threads says (the machine's 2 cores).
         "comm": [py, str(BENCH / "comm.py"), "--out", str(out), *q],
+        # The DINO ViT-S/16 preset's CPU step time on generated shards (bench/gpu.sh runs it on a GPU).
+        "preset": [py, str(BENCH / "preset_steps.py"), "--out", str(out), *(["--steps", "1", "--warmup", "1"] if quick else [])],
     }
     # learning trains with 2 torch threads (its own default, the machine's cores); sweeps with 1 (small models).
     extra = {"learning": [] if quick else ["--epochs-scale", str(epochs_scale)], "sweeps": [], "loader": []}
@@ -173,6 +175,15 @@ def gpu_md(data: dict) -> list[str]:
             f"{data['peak_memory_allocated_GiB']} GiB allocated / {data['peak_memory_reserved_GiB']} GiB reserved.", ""]
 
 
+def preset_md(data: dict) -> list[str]:
+    """One line for preset_steps_<device>.json (bench/preset_steps.py)."""
+    return [f"## DINO vit_s16_imagenet preset, {data['device']}", "",
+            f"{data['source']}, {data['views']} views, batch {data['batch_size']}, {data['workers']} loader workers, "
+            f"{data['precision']} ({data['student_params_M']} M student parameters): **{data['s_per_step_median']} s/step** "
+            f"(median of {data['timed_steps']} after {data['warmup_steps']} warm-up), {data['images_per_s']} img/s, "
+            f"{100 * data['data_wait_fraction']:.0f} % of the step time waiting for data, peak memory {data['peak_memory_GiB']} GiB.", ""]
+
+
 def render(out: Path, status: dict) -> Path:
     """Write ``out/RESULTS.md`` from every JSON present in ``out``."""
     lines = ["# Benchmark results", "",
@@ -182,7 +193,7 @@ def render(out: Path, status: dict) -> Path:
     if env:
         lines += [f"Machine: {env['cpus']} CPUs, 1-minute load {env['load_1min']:.2f} at the start, Python {env['python']}, torch {env['torch']}.", ""]
     sections = [("overhead", overhead_md), ("cli_startup", cli_md), ("tracker_cost", tracker_md), ("comm", comm_md),
-                ("gpu_throughput", gpu_md)]
+                ("gpu_throughput", gpu_md), ("preset_steps_cpu", preset_md), ("preset_steps_cuda", preset_md)]
     for name, fn in sections:
         data = _load(out, name)
         if data is not None:

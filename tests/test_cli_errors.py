@@ -139,27 +139,85 @@ def _listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-def _run_case(argv: list[str], folder: Path) -> tuple[subprocess.CompletedProcess, set[str], set[str]]:
-    """One case in its own empty folder (plus the test files): the process, the listing before and after."""
+# Runs `python -m sptrack.run`'s main() on each (argv, folder) case read from stdin, in that folder,
+# with its own stdout/stderr, and prints their outcomes as JSON: one interpreter for many --dry-run
+# cases (they stop before anything is built) instead of one start-up (imports) per case.
+_DRIVER = """
+import contextlib, io, json, os, sys
+from sptrack.run.cli import main
+out = []
+for argv, folder in json.load(sys.stdin):
+    os.chdir(folder)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(argv)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+    out.append([code, stdout.getvalue(), stderr.getvalue()])
+sys.__stdout__.write(json.dumps(out))
+"""
+
+
+def _prepare(argv: list[str], folder: Path) -> tuple[list[str], set[str]]:
     folder.mkdir(parents=True)
     _write_recipes(folder)
-    before = _listing(folder)
-    argv = [a.replace("{port}", str(free_port())) for a in argv]  # a free port: nothing listens there
+    return [a.replace("{port}", str(free_port())) for a in argv], _listing(folder)  # a free port: nothing listens there
+
+
+def _env() -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("SPTRACK_TRACEBACK", None)
-    proc = subprocess.run([sys.executable, "-m", "sptrack.run", *argv], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    return env
+
+
+def _run_case(argv: list[str], folder: Path) -> tuple[subprocess.CompletedProcess, set[str], set[str]]:
+    """One case in its own empty folder (plus the test files), in its own interpreter: the process, the listing before and after."""
+    argv, before = _prepare(argv, folder)
+    proc = subprocess.run([sys.executable, "-m", "sptrack.run", *argv], cwd=folder, env=_env(), capture_output=True, text=True, timeout=300)
     return proc, before, _listing(folder)
+
+
+def _run_dry_cases(cases: list[tuple[list[str], Path]]) -> list[tuple[subprocess.CompletedProcess, set[str], set[str]]]:
+    """Cases that stop before building anything, each in its own folder, one after another in one interpreter (see ``_DRIVER``)."""
+    import json
+
+    prepared = [_prepare(argv, folder) for argv, folder in cases]
+    payload = json.dumps([[argv, str(folder)] for (argv, _), (_, folder) in zip(prepared, cases)])
+    proc = subprocess.run([sys.executable, "-c", _DRIVER], input=payload, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    return [(subprocess.CompletedProcess(argv, code, out, err), before, _listing(folder))
+            for (code, out, err), (argv, before), (_, folder) in zip(results, prepared, cases)]
+
+
+def _stops_before_building(argv: list[str]) -> bool:
+    """Cases that fail in the command line's own checks (no sweep started, no training): they share interpreters."""
+    return "--dry-run" in argv or ("--sweep" not in argv and SHORT[0] not in argv)
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every case's outcome, run 3 at a time (each is a fresh interpreter; most wait on imports, not on a core)."""
+    """Every case's outcome: those that stop before building anything in two interpreters (one per core), the others
+    (sweeps, training) each in its own, 3 at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     root = tmp_path_factory.mktemp("cases")
+    folders = [root / f"case-{i}" for i in range(len(CASES))]
+    dry = [i for i, (argv, _, _) in enumerate(CASES) if _stops_before_building(argv)]
+    results: dict[int, tuple] = {}
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = [pool.submit(_run_case, argv, root / f"case-{i}") for i, (argv, _, _) in enumerate(CASES)]
-        return [f.result() for f in futures]
+        halves = [dry[0::2], dry[1::2]]
+        batches = [pool.submit(_run_dry_cases, [(CASES[i][0], folders[i]) for i in half]) for half in halves]
+        singles = {i: pool.submit(_run_case, CASES[i][0], folders[i]) for i in range(len(CASES)) if i not in dry}
+        for half, batch in zip(halves, batches):
+            results.update(zip(half, batch.result()))
+        results.update({i: future.result() for i, future in singles.items()})
+    return [results[i] for i in range(len(CASES))]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{i}:{c[1]}" for i, c in enumerate(CASES)])

@@ -383,7 +383,12 @@ def test_from_specs_and_bad_settings():
         MultiCropViews(blur_p=(1.0, 1.5))
     assert info.value.key == "multicrop.views[1].blur_p"
     with pytest.raises(ValueError, match="float"):
-        MultiCropViews()(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+        MultiCropViews()(torch.zeros(2, 1, 28, 28, dtype=torch.int64))
+    # uint8 pixels are read as x / 255: the same views as the float batch.
+    pixels = torch.randint(0, 256, (2, 1, 16, 16), dtype=torch.uint8)
+    from_uint8 = MultiCropViews.from_specs(specs, seed=3)(pixels)
+    from_float = MultiCropViews.from_specs(specs, seed=3)(pixels.float() / 255)
+    assert all(torch.equal(a, b) for a, b in zip(from_uint8, from_float))
 
 
 def test_normalize_after_views():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sptrack.data.sampler import ResumableSampler
+from sptrack.data.shards import ShardedImages
 from sptrack.module.lightning_glue import batches_done_in_epoch
 from sptrack.parallel.collectives import gather_objects
 
@@ -47,12 +48,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resumable_sampler(loader: DataLoader) -> Optional[ResumableSampler]:
-    """The loader's :class:`ResumableSampler` (as ``sampler`` or inside its batch sampler), if any."""
+def resumable_sampler(loader: DataLoader) -> Optional[Union[ResumableSampler, ShardedImages]]:
+    """What decides the loader's order and can resume it: its :class:`ResumableSampler` (as ``sampler`` or
+    inside its batch sampler), or its dataset when that is a stream that orders itself (:class:`ShardedImages`)."""
     for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
         if isinstance(sampler, ResumableSampler):
             return sampler
-    return None
+    dataset = getattr(loader, "dataset", None)
+    return dataset if isinstance(dataset, ShardedImages) else None
 
 
 class ExactResume(pl.Callback):
@@ -72,7 +75,8 @@ class ExactResume(pl.Callback):
 
     def __init__(self, train_loader: DataLoader):
         self.sampler = resumable_sampler(train_loader)
-        self.batch_size = int(train_loader.batch_size or 1)
+        # A stream batches itself (its loader's batch_size is None).
+        self.batch_size = int(train_loader.batch_size or getattr(train_loader.dataset, "batch_size", None) or 1)
         self._rng_to_restore: Optional[dict] = None
 
     @property

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from sptrack.callbacks.base import STAGE_PREFIX, EvalCallback, accuracy_from_counts
 from sptrack.callbacks.distributed import gather_equal
@@ -149,12 +149,19 @@ class OnlineKNN(EvalCallback):
     @torch.no_grad()
     def _embed_bank(self, trainer: "pl.Trainer", module: "pl.LightningModule", stage: str) -> None:
         dataset, loader_args = self._bank_source(trainer)
-        share, real = self._rank_share(trainer, len(dataset))
         step = module.validation_step if stage == "validate" else module.test_step
         chunks, label_chunks = [], []
-        # Its own generator: starting a loader otherwise draws a seed from the global RNG, which would
-        # shift the run's dropout and augmentations whenever the kNN evaluates.
-        loader = DataLoader(Subset(dataset, share), shuffle=False, generator=torch.Generator().manual_seed(0), **loader_args)
+        if isinstance(dataset, IterableDataset):
+            # A stream (sptrack.data.shards) splits itself over the ranks, equal counts, padding labelled -1.
+            if not isinstance(self.bank, DataLoader) or self.bank_size is not None:
+                raise ConfigError(f"callbacks.{self.name}.bank", "a streamed bank must be given as its DataLoader, without bank_size.",
+                                  "Pass OnlineKNN(bank=<the loader of the training stream>).")
+            loader, real = self.bank, None
+        else:
+            share, real = self._rank_share(trainer, len(dataset))
+            # Its own generator: starting a loader otherwise draws a seed from the global RNG, which would
+            # shift the run's dropout and augmentations whenever the kNN evaluates.
+            loader = DataLoader(Subset(dataset, share), shuffle=False, generator=torch.Generator().manual_seed(0), **loader_args)
         for batch_idx, batch in enumerate(loader):
             batch = trainer.strategy.batch_to_device(batch)
             with trainer.precision_plugin.forward_context():
@@ -165,7 +172,8 @@ class OnlineKNN(EvalCallback):
         width = chunks[0].shape[1] if chunks else 0
         bank = torch.cat(chunks) if chunks else torch.zeros(0, width, device=module.device)
         labels = torch.cat(label_chunks) if label_chunks else torch.zeros(0, dtype=torch.long, device=module.device)
-        labels[real:] = -1  # the padding rows are not samples
+        if real is not None:
+            labels[real:] = -1  # the padding rows are not samples
         if trainer.world_size > 1:
             bank, labels = gather_equal(trainer, bank), gather_equal(trainer, labels)
         keep = labels >= 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,34 +75,37 @@ def sample_view_params(settings: torch.Tensor, aspect: float, generator: Optiona
     none fits the first is shrunk to fit. Unlike torchvision, boxes are continuous (sub-pixel). All
     uniforms come from one ``torch.rand`` call, so a seeded ``generator`` reproduces them exactly.
     """
-    col = lambda name: settings[:, _S[name]]  # noqa: E731
-    n, t = len(settings), _CROP_TRIES
-    u = torch.rand(n, 2 * t + 9, generator=generator)
+    # The few numbers per view are worked out in numpy: at these sizes torch's per-op overhead
+    # dominated (1 ms per 12-view sample in a loader worker, against 0.1 ms now).
+    table = settings.numpy() if isinstance(settings, torch.Tensor) else np.asarray(settings, dtype=np.float32)
+    col = lambda name: table[:, _S[name]]  # noqa: E731
+    n, t = len(table), _CROP_TRIES
+    u = torch.rand(n, 2 * t + 9, generator=generator).numpy()
     area = col("scale_lo")[:, None] + (col("scale_hi") - col("scale_lo"))[:, None] * u[:, :t]
-    log_lo, log_hi = torch.log(col("ratio_lo")), torch.log(col("ratio_hi"))
-    ratio = torch.exp(log_lo[:, None] + (log_hi - log_lo)[:, None] * u[:, t : 2 * t])
+    log_lo, log_hi = np.log(col("ratio_lo")), np.log(col("ratio_hi"))
+    ratio = np.exp(log_lo[:, None] + (log_hi - log_lo)[:, None] * u[:, t : 2 * t])
     # Area fraction s of an H×W image at aspect r: width sqrt(s*r*H/W)*W, height sqrt(s/r*W/H)*H.
-    box_w = torch.sqrt(area * ratio * aspect)
-    box_h = torch.sqrt(area / ratio / aspect)
+    box_w = np.sqrt(area * ratio * np.float32(aspect))
+    box_h = np.sqrt(area / ratio / np.float32(aspect))
     fits = (box_w <= 1.0) & (box_h <= 1.0)
     # argmax of a bool row is its first True, and 0 (the first candidate) when there is none.
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)
-    box_w = box_w.gather(1, first).squeeze(1).clamp_(max=1.0)
-    box_h = box_h.gather(1, first).squeeze(1).clamp_(max=1.0)
+    first = fits.argmax(1)[:, None]
+    box_w = np.minimum(np.take_along_axis(box_w, first, 1)[:, 0], 1.0)
+    box_h = np.minimum(np.take_along_axis(box_h, first, 1)[:, 0], 1.0)
     v = u[:, 2 * t :]
     # Centre anywhere that keeps the box inside the image.
     center_x = (2 * v[:, 0] - 1) * (1 - box_w)
     center_y = (2 * v[:, 1] - 1) * (1 - box_h)
-    flip = (v[:, 2] < col("flip_p")).to(u.dtype)
+    flip = v[:, 2] < col("flip_p")
     # Images that skip jitter keep factor 1, so one arithmetic pass serves the whole batch.
-    jitter = (v[:, 3] < col("jitter_p")).to(u.dtype)
-    brightness = 1 + jitter * col("brightness") * (2 * v[:, 4] - 1)
-    contrast = 1 + jitter * col("contrast") * (2 * v[:, 5] - 1)
-    blur = (v[:, 6] < col("blur_p")).to(u.dtype)
+    jitter = v[:, 3] < col("jitter_p")
+    brightness = np.maximum(1 + jitter * col("brightness") * (2 * v[:, 4] - 1), 0)
+    contrast = np.maximum(1 + jitter * col("contrast") * (2 * v[:, 5] - 1), 0)
+    blur = v[:, 6] < col("blur_p")
     sigma = blur * (col("sigma_lo") + (col("sigma_hi") - col("sigma_lo")) * v[:, 7])
-    solarize = (v[:, 8] < col("solarize_p")).to(u.dtype)
-    brightness, contrast = brightness.clamp_(min=0), contrast.clamp_(min=0)
-    return ViewParams(torch.stack((box_w, box_h, center_x, center_y, flip, sigma, brightness, contrast, solarize), 1))
+    solarize = v[:, 8] < col("solarize_p")
+    columns = (box_w, box_h, center_x, center_y, flip, sigma, brightness, contrast, solarize)
+    return ViewParams(torch.from_numpy(np.stack(columns, 1).astype(np.float32)))
 
 
 def crop_resize(images: torch.Tensor, copies: int, params: ViewParams, out_size: tuple[int, int]) -> torch.Tensor:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from sptrack.data.decode import DECODERS
+from sptrack.data.encoded import EncodedImages
 from sptrack.errors import ConfigError
 
-#: ``ImageFolder(decoder=...)``: "auto" takes simplejpeg for JPEG files when it is installed, else Pillow.
-DECODERS = ("auto", "pillow", "simplejpeg")
+__all__ = ["DECODERS", "IMAGE_SUFFIXES", "SPLIT_DIRS", "ImageFolder", "class_dirs", "has_split_dirs", "images_in"]
 #: File suffixes (compared lower-case) that count as images.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Sub-directories that, when a root holds both, are its train and held-out splits.
@@ -25,10 +23,12 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-class ImageFolder(Dataset):
+class ImageFolder(EncodedImages):
     """Images under ``root/<class_name>/`` (searched recursively), labelled by sorted class name.
 
-    ``dataset[i]`` is ``{"image": (C, H, W) float32 in [0, 1], "label": int64, "index": int64}``.
+    ``dataset[i]`` is ``{"image": (C, H, W) float32 in [0, 1], "label": int64, "index": int64}``
+    (the image is the uint8 pixels with ``dtype=torch.uint8``: a quarter of the bytes through the
+    worker queues and to the device, made float there).
     Class indices follow the sorted directory names (``classes``, ``class_to_idx``); hidden entries
     are ignored. Files are decoded when a sample is read (so workers share the work).
 
@@ -40,6 +40,7 @@ class ImageFolder(Dataset):
         gpu_transform: optional batch-level transform applied by ``sptrack.Module`` on the device.
         decoder: JPEG decoder: "auto" (simplejpeg when installed, the ``[fast]`` extra; else Pillow),
             "pillow" or "simplejpeg". PNG files are always read by Pillow.
+        dtype: ``torch.float32`` (in [0, 1]) or ``torch.uint8`` (the decoded pixels) images.
 
     Raises:
         ConfigError (key ``image_folder.root``): the root is missing or not a directory, has no
@@ -53,76 +54,23 @@ class ImageFolder(Dataset):
         grayscale: bool = False,
         gpu_transform: Optional[Callable[[dict], dict]] = None,
         decoder: str = "auto",
+        dtype: torch.dtype = torch.float32,
     ):
-        if decoder not in DECODERS:
-            raise ConfigError("image_folder.decoder", f"unknown decoder {decoder!r}.", f"Use one of {DECODERS}.")
-        if decoder == "simplejpeg" and not _has_simplejpeg():
-            raise ConfigError("image_folder.decoder", "simplejpeg is not installed.", "pip install simplejpeg, or use decoder='pillow'.")
+        super().__init__(size, grayscale, gpu_transform, decoder, dtype, key="image_folder")
         self.root = Path(root)
-        self.size = _parse_size(size)
-        self.grayscale = bool(grayscale)
-        if decoder == "auto":
-            decoder = "simplejpeg" if _has_simplejpeg() else "pillow"
-        self.decoder = decoder
-        self.gpu_transform = gpu_transform
         self.classes, self.samples = _scan(self.root)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.targets = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def encoded(self, i: int) -> bytes:
+        """The bytes of image file ``i``."""
+        return self.samples[i][0].read_bytes()
 
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (class sub-directories)."""
-        return len(self.classes)
-
-    def load(self, i: int) -> torch.Tensor:
-        """Decode image ``i`` to a ``(C, H, W)`` float32 tensor in [0, 1] (resized if ``size`` is set)."""
-        from PIL import Image  # imported here: only folder datasets need Pillow
-
-        path = self.samples[i][0]
-        if self.decoder == "simplejpeg" and path.suffix.lower() in (".jpg", ".jpeg"):
-            import simplejpeg
-
-            # libjpeg-turbo without Pillow's per-image overhead (bench/loader.py: 1.2x Pillow's decode rate).
-            decoded = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY" if self.grayscale else "RGB")
-            img = Image.fromarray(decoded[:, :, 0] if self.grayscale else decoded)
-        else:
-            with Image.open(path) as opened:
-                img = opened.convert("L" if self.grayscale else "RGB")
-        if self.size is not None:
-            height, width = self.size
-            img = img.resize((width, height), Image.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.load(i), "label": self.targets[i], "index": torch.tensor(i, dtype=torch.int64)}
-
-    @property
-    def channels(self) -> int:
-        """Channels of every decoded image: 1 with ``grayscale``, else 3."""
-        return 1 if self.grayscale else 3
-
-    def select(self, rows) -> "ImageFolder":
-        """A copy holding only the samples ``rows``, in that order (same classes; ``index`` counts from 0 again)."""
-        rows = [int(i) for i in rows]
-        out = copy.copy(self)
-        out.samples = [self.samples[i] for i in rows]
-        out.targets = self.targets[torch.tensor(rows, dtype=torch.int64)]
-        return out
+    def _take(self, rows: list[int]) -> None:
+        self.samples = [self.samples[i] for i in rows]
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, n={len(self)}, classes={self.num_classes}, size={self.size})"
-
-
-def _has_simplejpeg() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("simplejpeg") is not None
 
 
 def has_split_dirs(root: Union[str, Path], key: str = _KEY) -> bool:
@@ -147,20 +95,6 @@ def has_split_dirs(root: Union[str, Path], key: str = _KEY) -> bool:
         raise ConfigError(key, f"the class folders of {str(root / 'train')!r} and {str(root / 'val')!r} differ ({only}).",
                           "Give both splits the same class folders.")
     return True
-
-
-def _parse_size(size) -> Optional[tuple[int, int]]:
-    if size is None:
-        return None
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if (
-        isinstance(size, (tuple, list))
-        and len(size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        return (int(size[0]), int(size[1]))
-    raise ConfigError("image_folder.size", f"must be a positive int or (height, width), got {size!r}.")
 
 
 def class_dirs(root: Path) -> list[Path]:

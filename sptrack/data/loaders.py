@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from sptrack.data.base import split_indices
+from sptrack.data.crops import CroppedViews, WorkerCrops, flatten_subsets
+from sptrack.data.normalize import PixelsToFloat
 from sptrack.data.registry import build_dataset
 from sptrack.data.sampler import ResumableSampler
 
@@ -28,11 +30,19 @@ class RecipeLoaders:
     train_plain: DataLoader
     val: DataLoader
     heldout: DataLoader
+    #: What global rank 0 alone reads for the end-of-run probe, when it differs from ``train_plain`` /
+    #: ``heldout`` (a stream splits itself over the ranks, so these read the whole split).
+    final_train: Optional[DataLoader] = None
+    final_heldout: Optional[DataLoader] = None
 
     @property
     def channels(self) -> int:
-        """Channels of the images (those of the first held-out one): what the recipe's encoder takes in."""
-        return int(self.heldout.dataset[0]["image"].shape[0])
+        """Channels of the images (the dataset's ``channels``, else the first held-out image's): what the encoder takes in."""
+        base = self.heldout.dataset
+        while isinstance(base, Subset):
+            base = base.dataset
+        channels = getattr(base, "channels", None)
+        return int(channels) if channels is not None else int(self.heldout.dataset[0]["image"].shape[0])
 
     @property
     def num_classes(self) -> int:
@@ -56,6 +66,7 @@ def recipe_loaders(
     seed: int = 0,
     shuffle_seed: int = 0,
     validation_fraction: float = 0.0,
+    worker_crops: Optional[WorkerCrops] = None,
     **dataset_kwargs: Any,
 ) -> RecipeLoaders:
     """Build the train/val splits of ``dataset`` and their loaders.
@@ -69,7 +80,18 @@ def recipe_loaders(
 
     ``validation_fraction`` > 0 holds back that share of the training images (after ``subset``;
     class-stratified, drawn with ``seed``) as the ``val`` loader; they are never trained on.
+
+    ``worker_crops`` (for datasets that decode files: they take ``dtype`` and have ``load_uint8``
+    and ``with_options``) moves the views' geometry into the loader workers: each training sample
+    is decoded at full resolution and its views cut from it there (:mod:`sptrack.data.crops`),
+    every loader carries uint8 pixels, and the device makes them float (the training transform,
+    or :class:`~sptrack.data.normalize.PixelsToFloat` for the others). Loaders pin their memory
+    when CUDA is available (Lightning then copies batches with ``non_blocking``).
     """
+    if dataset == "shards":
+        return shard_loaders(batch_size, val_batch_size, train_transform, num_workers, shuffle_seed, worker_crops, **dataset_kwargs)
+    if worker_crops is not None:
+        dataset_kwargs = {**dataset_kwargs, "dtype": torch.uint8}
     train = build_dataset(dataset, "train", seed=seed, **dataset_kwargs)
     heldout = build_dataset(dataset, "val", seed=seed, **dataset_kwargs)
     if subset is not None:
@@ -78,17 +100,52 @@ def recipe_loaders(
     val = heldout
     if validation_fraction > 0:
         train, val = carve_validation(train, validation_fraction, seed)
-    augmented = _with_transform(train, train_transform)
-    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    if worker_crops is None:
+        augmented = _with_transform(train, train_transform)
+    else:
+        base, rows = flatten_subsets(train)
+        augmented = CroppedViews(base.with_options(size=None), rows, worker_crops, gpu_transform=train_transform)
+        val_is_heldout = val is heldout
+        train, val, heldout = (_with_transform(d, PixelsToFloat()) for d in (train, val, heldout))
+        val = heldout if val_is_heldout else val
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     heldout_loader = DataLoader(heldout, batch_size=val_batch_size, shuffle=False, generator=_own_generator(shuffle_seed), **common)
     return RecipeLoaders(
-        train=DataLoader(augmented, batch_size=min(batch_size, len(augmented)), sampler=ResumableSampler(augmented, seed=shuffle_seed),
+        train=DataLoader(augmented, batch_size=min(batch_size, len(augmented)), sampler=ResumableSampler(augmented, seed=shuffle_seed, keyed=worker_crops is not None),
                          drop_last=True, generator=_own_generator(shuffle_seed), **common),
         train_plain=DataLoader(train, batch_size=val_batch_size, shuffle=False, generator=_own_generator(shuffle_seed), **common),
         val=heldout_loader if val is heldout else DataLoader(val, batch_size=val_batch_size, shuffle=False,
                                                              generator=_own_generator(shuffle_seed), **common),
         heldout=heldout_loader,
     )
+
+
+def shard_loaders(batch_size: int, val_batch_size: int, train_transform: Optional[Callable[[dict], Any]], num_workers: int,
+                  shuffle_seed: int, worker_crops: Optional[WorkerCrops], root: str, size=None, grayscale: bool = False,
+                  **options: Any) -> RecipeLoaders:
+    """The loaders of a tar-shard set (:class:`~sptrack.data.shards.ShardedImages`): streams split over ranks and workers.
+
+    Training reads the "train" shards shuffled (``shuffle_seed`` + epoch) with ``drop_last``, the
+    views' geometry cut in the workers when ``worker_crops`` is given; evaluation reads "train" and
+    "val" in order, every image once, padded to equal batch counts per rank. The end-of-run probe
+    (global rank 0 alone) gets its own whole-split loaders. Pixels are uint8 to the device.
+    """
+    from sptrack.data.shards import ShardedImages, ShardLoader
+
+    common = dict(grayscale=grayscale, dtype=torch.uint8, **options)
+    loader_args = dict(num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    train = ShardedImages(root, "train", batch_size, shuffle=True, seed=shuffle_seed, drop_last=True,
+                          size=None if worker_crops is not None else size, sample_transform=worker_crops,
+                          gpu_transform=train_transform, **common)
+
+    def plain(split: str, split_over_ranks: bool = True) -> ShardLoader:
+        dataset = ShardedImages(root, split, val_batch_size, shuffle=False, drop_last=False, size=size,
+                                gpu_transform=PixelsToFloat(), **common)
+        return ShardLoader(dataset, split_over_ranks=split_over_ranks, **loader_args)
+
+    heldout = plain("val")
+    return RecipeLoaders(train=ShardLoader(train, **loader_args), train_plain=plain("train"), val=heldout, heldout=heldout,
+                         final_train=plain("train", split_over_ranks=False), final_heldout=plain("val", split_over_ranks=False))
 
 
 def sample_labels(dataset) -> np.ndarray:

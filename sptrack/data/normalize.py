@@ -1,4 +1,4 @@
-"""``Normalize``: per-channel standardisation of the image tensors of a batch dict."""
+"""Batch-level pixel transforms: ``Normalize`` (per-channel standardisation) and ``PixelsToFloat`` (uint8 to [0, 1])."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
+from sptrack.data.decode import to_float
 from sptrack.errors import ConfigError
 
 #: Pixel mean / std of the full MNIST training set, for images in [0, 1].
@@ -58,4 +59,23 @@ class Normalize(nn.Module):
                 out[key] = self._apply_one(value)
             elif isinstance(value, (list, tuple)):
                 out[key] = [self._apply_one(v) for v in value]
+        return out
+
+
+class PixelsToFloat(nn.Module):
+    """uint8 ``batch[key]`` tensors as float32 in [0, 1] (others pass through): the device-side end of a uint8 pipeline.
+
+    Loaders of decoded images send uint8 pixels (a quarter of float32's bytes through the worker
+    queues and the host-to-device copy); this makes them what encoders take, on the device.
+    """
+
+    def __init__(self, keys: Sequence[str] = ("image",)):
+        super().__init__()
+        self.keys = tuple(keys)
+
+    def forward(self, batch: dict) -> dict:
+        out = dict(batch)
+        for key in self.keys:
+            if key in out:
+                out[key] = to_float(out[key])
         return out

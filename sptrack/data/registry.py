@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from sptrack.data.base import SPLITS, check_split, split_indices
 from sptrack.data.digits import Digits
 from sptrack.data.folder import ImageFolder, has_split_dirs
+from sptrack.data.hf import HFImages, hf_dataset
 from sptrack.data.mnist import MNIST5k
 from sptrack.data.synthetic import SyntheticImages
 from sptrack.errors import ConfigError, suggestion, unknown_name_error
@@ -55,11 +56,24 @@ def _image_folder(split: str, root: str | Path | None = None, seed: int = 0, hel
     return folder.select(split_indices(folder.targets.numpy(), n_val, split, seed))
 
 
+def _shards(split: str, root: str | Path | None = None, **kwargs: Any):
+    """One split ("train" or "val") of a tar-shard set (see :class:`~sptrack.data.shards.ShardedImages`)."""
+    from sptrack.data.shards import ShardedImages
+
+    if root is None:
+        raise ConfigError("dataset.root", "the 'shards' dataset needs the folder or URL of a shard set.", "Pass root='path/to/shards'.")
+    if split == "all":
+        raise ConfigError("split", "a shard set is read one split at a time.", "Use split='train' or 'val'.")
+    return ShardedImages(root, split, **kwargs)
+
+
 #: name -> factory(split, **kwargs). Extend with :func:`register_dataset`.
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist5k": lambda split, **kw: MNIST5k(split, **kw),
     "digits": lambda split, **kw: Digits(split, **kw),
     "image_folder": _image_folder,
+    "hf": hf_dataset,
+    "shards": _shards,
     "synthetic": _synthetic,
 }
 # The constructors whose keyword arguments each name accepts, for errors on misspelt options.
@@ -67,8 +81,11 @@ _OPTIONS: dict[str, tuple[Callable, ...]] = {
     "mnist5k": (MNIST5k,),
     "digits": (Digits,),
     "image_folder": (_image_folder, ImageFolder),
+    "hf": (hf_dataset, HFImages),
     "synthetic": (_synthetic, SyntheticImages),
 }
+# Constructor arguments that the factories pass themselves, not options a config may set.
+_INTERNAL = {"self", "split", "kwargs", "dataset", "label_values"}
 
 
 def register_dataset(name: str, factory: Callable[..., Dataset]) -> None:
@@ -86,18 +103,19 @@ def _accepted(name: str) -> set[str] | None:
     for fn in _OPTIONS[name]:
         params = inspect.signature(fn).parameters.values()
         accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return accepted - {"self", "split", "kwargs"}
+    return accepted - _INTERNAL
 
 
 def build_dataset(name: str, split: str = "train", **kwargs: Any) -> Dataset:
-    """The dataset ``name`` ("mnist5k", "digits", "image_folder", "synthetic") for ``split``.
+    """The dataset ``name`` ("mnist5k", "digits", "image_folder", "hf", "synthetic") for ``split``.
 
     ``split`` is "train", "val" or "all". Keyword arguments go to the dataset (e.g. ``seed``,
     ``gpu_transform``; ``root``/``heldout_fraction``/``size``/``grayscale`` for "image_folder";
     ``n``/``channels``/``size``/``num_classes`` for "synthetic"). "image_folder" reads
     ``root/train/`` and ``root/val/`` when both exist, else holds out a seeded, stratified
     ``heldout_fraction`` of ``root/<class>/`` (see ``_image_folder``), and reads ``root`` itself for
-    "all"; "synthetic" draws the "val" split from a different seed than "train" (default sizes
+    "all"; "hf" reads a Hugging Face ``save_to_disk`` folder or local parquet (see
+    :func:`~sptrack.data.hf.hf_dataset`); "synthetic" draws the "val" split from a different seed than "train" (default sizes
     :data:`SYNTHETIC_SIZES`).
 
     Raises:

@@ -29,15 +29,17 @@ class ResumableSampler(DistributedSampler):
 
     :meth:`resume` makes the next epoch that starts be ``epoch`` and skip its first
     ``samples_done`` indices of this rank; :meth:`state_dict` / :meth:`load_state_dict` carry
-    ``seed`` and ``epoch``.
+    ``seed`` and ``epoch``. With ``keyed=True`` it yields ``(epoch, index)`` pairs instead of
+    indices, for datasets whose samples depend on the epoch.
     """
 
-    def __init__(self, dataset: Sized, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    def __init__(self, dataset: Sized, shuffle: bool = True, seed: int = 0, drop_last: bool = False, keyed: bool = False):
         # DistributedSampler.__init__ needs the process group; its attributes are set here instead.
         self.dataset = dataset
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
+        self.keyed = bool(keyed)
         self.epoch = 0
         self._skip = 0
 
@@ -91,9 +93,14 @@ class ResumableSampler(DistributedSampler):
         order = order[:total]
         return order[self.rank : total : self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator:
         skip, self._skip = self._skip, 0
-        return iter(self.epoch_indices()[skip:])
+        indices = self.epoch_indices()[skip:]
+        if self.keyed:
+            # (epoch, index) keys: datasets that draw per-sample randomness in the loader workers
+            # (sptrack.data.crops.CroppedViews) seed it from them, whatever worker reads the sample.
+            return iter([(self.epoch, i) for i in indices])
+        return iter(indices)
 
     def __len__(self) -> int:
         return self.num_samples

@@ -10,8 +10,11 @@ import torch
 from torch import nn
 
 from sptrack.data.augment import SETTINGS, color_jitter, crop_resize, gaussian_blur, sample_view_params, solarize
+from sptrack.data.decode import to_float
 from sptrack.errors import ConfigError
 
+#: Key of the uint8 crops cut in the loader workers (see sptrack.data.crops).
+CROPS_KEY = "crops"
 Size = Union[int, tuple[int, int]]
 Prob = Union[float, Sequence[float]]
 
@@ -74,7 +77,7 @@ class ViewSpec:
                 raise ConfigError(f"{key}.{name}", f"must be >= 0, got {value!r}.")
 
 
-def _settings(specs: Sequence[ViewSpec]) -> torch.Tensor:
+def settings_table(specs: Sequence[ViewSpec]) -> torch.Tensor:
     """The ``(views, len(SETTINGS))`` table of sampled settings, one row per view."""
     rows = [
         (
@@ -230,7 +233,7 @@ class MultiCropViews(nn.Module):
         self._groups: list[tuple[tuple[int, int], list[int], torch.Tensor]] = []
         for size in dict.fromkeys(s.out_size for s in self.specs):
             positions = [i for i, s in enumerate(self.specs) if s.out_size == size]
-            self._groups.append((size, positions, _settings([self.specs[i] for i in positions])))
+            self._groups.append((size, positions, settings_table([self.specs[i] for i in positions])))
         # Whether any view of a size group can jitter / solarize: skipped passes would be no-ops.
         jitter, solar = SETTINGS.index("jitter_p"), SETTINGS.index("solarize_p")
         self._group_uses = {
@@ -252,29 +255,59 @@ class MultiCropViews(nn.Module):
         for size, positions, settings in self._groups:
             copies = len(positions)
             # Image-major rows (image 0's views, image 1's, ...), what crop_resize expects.
-            rows = settings.repeat(b, 1)
-            params = sample_view_params(rows, aspect=h / w, generator=self.generator).to(images.device, images.dtype)
+            params = sample_view_params(settings.repeat(b, 1), aspect=h / w, generator=self.generator).to(images.device, images.dtype)
             made = crop_resize(images, copies, params, size)  # (copies, B, C, h, w)
-            flat = made.view(copies * b, *made.shape[2:])
-            params = params.image_major_to_view_major(b, copies)
-            blurred = (params.sigma > 0).nonzero().squeeze(1)
-            gaussian_blur(flat, params.sigma, blurred)
-            if self._group_uses[size][0]:
-                color_jitter(flat, params.brightness, params.contrast)
-            if self._group_uses[size][1]:
-                solarize(flat, params.solarize, self.solarize_threshold)
+            self._photometric(made, params.image_major_to_view_major(b, copies), size)
             for position, view in zip(positions, made.unbind(0)):
                 out[position] = view
         return out
 
+    def views_from_crops(self, crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The views of crops already cut and resized (by :class:`~sptrack.data.crops.WorkerCrops`).
+
+        ``crops`` holds one ``(B, C, h, w)`` batch per spec (uint8, or float in [0, 1]), in spec
+        order; each gets the photometric half of its view (blur, jitter, solarize) exactly as
+        :meth:`views` applies it. Parameters are drawn as in :meth:`views` (box and flip draws are
+        then unused: the workers drew their own).
+        """
+        if len(crops) != len(self.specs):
+            raise ValueError(f"MultiCropViews has {len(self.specs)} views but the batch has {len(crops)} crops.")
+        out: list[Optional[torch.Tensor]] = [None] * len(self.specs)
+        for size, positions, settings in self._groups:
+            group = [crops[i] for i in positions]
+            if any(tuple(c.shape[-2:]) != size for c in group):
+                raise ValueError(f"crops of views {positions} should be {size}, got {[tuple(c.shape[-2:]) for c in group]}.")
+            made = to_float(torch.stack(group)).contiguous()  # (copies, B, C, h, w)
+            copies, b = made.shape[:2]
+            params = sample_view_params(settings.repeat(b, 1), aspect=1.0, generator=self.generator).to(made.device, made.dtype)
+            self._photometric(made, params.image_major_to_view_major(b, copies), size)
+            for position, view in zip(positions, made.unbind(0)):
+                out[position] = view
+        return out
+
+    def _photometric(self, made: torch.Tensor, params, size: tuple[int, int]) -> None:
+        """Blur, jitter and solarize the ``(copies, B, C, h, w)`` views of one size in place (``params`` view-major)."""
+        flat = made.view(made.shape[0] * made.shape[1], *made.shape[2:])
+        gaussian_blur(flat, params.sigma, (params.sigma > 0).nonzero().squeeze(1))
+        if self._group_uses[size][0]:
+            color_jitter(flat, params.brightness, params.contrast)
+        if self._group_uses[size][1]:
+            solarize(flat, params.solarize, self.solarize_threshold)
+
     def forward(self, batch: Union[dict, torch.Tensor]) -> Any:
-        """A copy of ``batch`` with ``batch[views_key]`` added; a plain tensor gives the list of views."""
+        """A copy of ``batch`` with ``batch[views_key]`` added; a plain tensor gives the list of views.
+
+        A batch with ``"crops"`` (cut in the loader workers from the originals) gets the views of
+        those crops; a uint8 ``batch[image_key]`` is turned into float in [0, 1] first.
+        """
         if isinstance(batch, torch.Tensor):
-            return self.views(batch)
+            return self.views(to_float(batch))
         if self.image_key not in batch:
             raise KeyError(f"MultiCropViews reads batch[{self.image_key!r}], but the batch has keys {sorted(batch)}.")
         out = dict(batch)
-        out[self.views_key] = self.views(batch[self.image_key])
+        out[self.image_key] = to_float(batch[self.image_key])
+        crops = out.pop(CROPS_KEY, None)
+        out[self.views_key] = self.views(out[self.image_key]) if crops is None else self.views_from_crops(crops)
         return out
 
     def extra_repr(self) -> str:

@@ -26,7 +26,7 @@ class DataConfig:
     batch_size: int = 256
     val_batch_size: int = 500
     num_workers: int = 0
-    root: Optional[str] = None  # for dataset="image_folder"
+    root: Optional[str] = None  # dataset="image_folder" | "hf" | "shards": the folder (a URL for shards)
     subset: Optional[int] = None  # use only N training samples, drawn with split_seed (quick runs)
     # Seed of the train/held-out partition (and of `subset`), apart from trainer.seed: runs with
     # different training seeds are then scored on the same held-out images.
@@ -36,12 +36,16 @@ class DataConfig:
     # objective and pruning. The held-out split is then scored only by the end-of-run evaluation.
     # 0 (single runs): training evaluates on the held-out split, as the papers' online monitors do.
     validation_fraction: float = 0.0
-    # dataset="image_folder" only. ROOT/train/ and ROOT/val/, when both exist, are the training and
-    # held-out splits; otherwise this share of ROOT/<class>/ is held out (stratified by class, drawn
-    # with split_seed).
+    # dataset="image_folder" (and "hf" without a held-out split). ROOT/train/ and ROOT/val/, when both
+    # exist, are the training and held-out splits; otherwise this share of ROOT/<class>/ is held out
+    # (stratified by class, drawn with split_seed). Shards hold the split make_shards wrote.
     heldout_fraction: float = 0.2
     image_size: Optional[int] = None  # side the images are resized to when decoded; None: the recipe's input size
     grayscale: bool = False  # decode to 1 channel instead of 3 (RGB)
+    # Where training views are cut from: "original", the full-resolution decode, in the loader
+    # workers (uint8 crops to the device); or "resized", the image already resized to image_size,
+    # on the device (bench/loader.py measures both).
+    crop_from: str = "original"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from sptrack.data.decode import to_float
 from sptrack.recipe.config import EvalConfig
 from sptrack.recipe.validate import check_eval
 
@@ -36,7 +37,7 @@ def extract(encoder: Any, embed: Callable, loader) -> tuple[torch.Tensor, torch.
     encoder.eval()
     features, labels = [], []
     for batch in loader:
-        features.append(embed(encoder, batch["image"]).float().cpu())
+        features.append(embed(encoder, to_float(batch["image"])).float().cpu())
         labels.append(batch["label"].cpu())
     encoder.train(was_training)
     return torch.cat(features), torch.cat(labels)

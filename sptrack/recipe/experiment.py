@@ -35,4 +35,4 @@ class Experiment:
     @property
     def probe_train_loader(self) -> Any:
         """What linear probes fit on: ``eval_train_loader`` (un-augmented images) when given, else ``train_loader``."""
-        return self.eval_train_loader or self.train_loader
+        return self.eval_train_loader if self.eval_train_loader is not None else self.train_loader

@@ -29,8 +29,14 @@ MAX_SEED = 2**32 - 1  # numpy's and Lightning's bound
 TRACKERS = ("none", "mlflow", "wandb")
 #: "fsdp2" is sptrack's registered name for Lightning's ModelParallelStrategy.
 STRATEGIES = ("auto", "ddp", "fsdp2")
-#: ``data.*`` keys that only an image folder reads.
-FOLDER_ONLY = ("root", "heldout_fraction", "image_size", "grayscale")
+#: Datasets of encoded images read from ``data.root``: a folder, a Hugging Face dataset on disk, tar shards.
+DECODED_DATASETS = ("image_folder", "hf", "shards")
+#: Of those, the ones read as streams (no random access: no subset or carved validation split).
+STREAMED_DATASETS = ("shards",)
+#: ``data.*`` keys that only those datasets read.
+FOLDER_ONLY = ("root", "heldout_fraction", "image_size", "grayscale", "crop_from")
+#: ``data.crop_from`` values (see DataConfig).
+CROP_FROM = ("original", "resized")
 
 
 def _is_int(value: Any) -> bool:
@@ -153,12 +159,36 @@ def check_data(d: DataConfig) -> None:
     fraction("data.heldout_fraction", d.heldout_fraction, "Use e.g. data.heldout_fraction=0.2.", zero=False)
     if d.image_size is not None:
         integer("data.image_size", d.image_size, 1, "Use e.g. data.image_size=64, or None for the recipe's input size.")
+    if d.crop_from not in CROP_FROM:
+        raise ConfigError("data.crop_from", f"unknown value {d.crop_from!r}.", (suggestion(str(d.crop_from), CROP_FROM) or "") + f" Use one of {CROP_FROM}.")
     if d.dataset == "image_folder":
         check_image_root("data.root", d.root)
         return
+    if d.dataset in DECODED_DATASETS:
+        check_data_root(d.dataset, d.root)
+        if d.dataset in STREAMED_DATASETS:
+            for name, fix in (("subset", "Drop data.subset (write a smaller shard set instead)."),
+                              ("validation_fraction", "Use 0: a shard set's splits are the ones make_shards wrote (its --heldout-fraction)."),
+                              ("heldout_fraction", "Drop it: make_shards --heldout-fraction chose the split when it wrote the shards.")):
+                if getattr(d, name) != DataConfig.__dataclass_fields__[name].default:
+                    raise ConfigError(f"data.{name}", f"does not apply to data.dataset={d.dataset} (a stream is read, not indexed).", fix)
+        return
     for name in FOLDER_ONLY:
         if getattr(d, name) != DataConfig.__dataclass_fields__[name].default:
-            raise ConfigError(f"data.{name}", f"only applies to data.dataset=image_folder, not {d.dataset!r}.", f"Drop data.{name}.")
+            raise ConfigError(f"data.{name}", f"only applies to data.dataset={'|'.join(DECODED_DATASETS)}, not {d.dataset!r}.",
+                              f"Drop data.{name}.")
+
+
+def check_data_root(dataset: str, root: Any) -> None:
+    """``data.root`` of an "hf" or "shards" dataset is given, and exists when it is a local path (shards may be a URL)."""
+    what = {"hf": "a folder written by datasets' save_to_disk, or local parquet files",
+            "shards": "the folder (or URL) of tar shards and their manifest.json (python -m sptrack.data.make_shards)"}[dataset]
+    if not isinstance(root, str) or not root.strip():
+        raise ConfigError("data.root", f"data.dataset={dataset} needs data.root.", f"Pass data.root=PATH: {what}.")
+    if dataset == "shards" and "://" in root:
+        return
+    if not Path(root).expanduser().exists():
+        raise ConfigError("data.root", f"{root!r} does not exist.", f"Pass {what}.")
 
 
 def check_dataset_name(d: DataConfig, default_dataset: Optional[str] = None) -> None:
@@ -288,7 +318,7 @@ def check_patch_divides(data: DataConfig, input_size: int, patch_size: int, patc
     """The images' side (a folder's ``data.image_size``, else the recipe's ``input_size``; a packaged dataset's own
     size) must be a multiple of the ViT's ``patch_size``: evaluation embeds whole images, so another size would fail
     at the first validation."""
-    if data.dataset == "image_folder":
+    if data.dataset in DECODED_DATASETS:
         size, key = (data.image_size if data.image_size is not None else input_size), "data.image_size"
     elif data.dataset in NATIVE_SIZES:
         size, key = NATIVE_SIZES[data.dataset], "data.dataset"

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from sptrack.errors import ConfigError, suggestion
 from sptrack.parallel.launch import resolve_devices
 from sptrack.recipe.paths import first_missing
+from sptrack.recipe.validate import STREAMED_DATASETS
 from sptrack.tune.distributed import (
     LAUNCHED_ENV,
     World,
@@ -75,8 +76,9 @@ def prepare(recipe: Any, cfg: Any, opts: SweepOptions) -> SearchSpace:
         raise ConfigError("--strategy", f"this command runs as {world_from_env().size} processes (torchrun) but the strategy is 'auto'.",
                           "Pass --strategy ddp or --strategy fsdp2.")
     data = getattr(cfg, "data", None)
-    if data is not None and not getattr(data, "validation_fraction", 0):
-        # Trials are compared on images the final report does not score (see DataConfig).
+    if data is not None and not getattr(data, "validation_fraction", 0) and getattr(data, "dataset", None) not in STREAMED_DATASETS:
+        # Trials are compared on images the final report does not score (see DataConfig). A stream
+        # cannot be carved: its trials are compared on its "val" split.
         data.validation_fraction = SWEEP_VALIDATION_FRACTION
     return SearchSpace.from_config(cfg)
 
