@@ -18,6 +18,7 @@ from track_helpers.mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DINO = str(ROOT / "recipes" / "dino.py")
+IJEPA = str(ROOT / "recipes" / "ijepa.py")
 TINY_SWEEP = str(ROOT / "tests" / "tune_helpers" / "tiny_recipe.py")
 #: A few steps of DINO on synthetic images, for the cases that only fail once training starts.
 SHORT = ["data.dataset=synthetic", "data.subset=64", "data.batch_size=32", "model.cnn_widths=(8, 16)", "model.embed_dim=32",
@@ -97,6 +98,11 @@ CASES = [
     ([DINO, "data.dataset=image_folder", "data.root=half", "data.heldout_fraction=1.0", "--dry-run"], "data.heldout_fraction", "(0, 1)"),
     ([DINO, "data.root=empty", "--dry-run"], "data.root", "image_folder"),
     ([DINO, "preset=vit_s16", "--dry-run"], "preset", "Did you mean 'vit_s16_imagenet'"),
+    ([DINO, "data.crop_from=orig", "--dry-run"], "data.crop_from", "Did you mean 'original'"),
+    ([DINO, "data.dataset=shards", "data.root=nope", "--dry-run"], "data.root", "does not exist"),
+    ([DINO, "data.dataset=shards", "data.root=empty", "data.subset=64", "--dry-run"], "data.subset", "write a smaller shard set"),
+    ([IJEPA, "ijepa.sigreg_on=token", "--dry-run"], "ijepa.sigreg_on", "Did you mean 'tokens'"),
+    ([IJEPA, "ijepa.sigreg_weight=1.5", "--dry-run"], "ijepa.sigreg_weight", "[0, 1)"),
     ([DINO, "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",
      "30 is not a multiple of model.patch_size=4. Use e.g. data.image_size=28 or 32."),
     # optim.*

@@ -156,3 +156,17 @@ def test_block_shape_follows_area_and_height_over_width_aspect():
     for target in masks.targets[:, 0]:
         rows, cols = target // 14, target % 14
         assert (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) == (8, 4) and len(target) == 32
+
+
+def test_position_center_removes_a_running_per_position_mean():
+    from sptrack.methods.ijepa import PositionCenter
+
+    first = torch.tensor([[[1.0, 2.0], [3.0, 0.0]], [[3.0, 4.0], [5.0, 2.0]]])  # (B=2, N=2 positions, D=2)
+    center = PositionCenter(2, 2, momentum=0.5)
+    out = center(first)  # the first batch initialises the centre to its own mean: [[2, 3], [4, 1]]
+    assert torch.equal(out, torch.tensor([[[-1.0, -1.0], [-1.0, -1.0]], [[1.0, 1.0], [1.0, 1.0]]]))
+    center.update(first)  # initialised: c <- 0.5 c + 0.5 mean = the same mean
+    center.update(torch.zeros(3, 2, 2))  # c <- 0.5 c + 0.5 * 0
+    assert torch.equal(center.center, torch.tensor([[1.0, 1.5], [2.0, 0.5]]))
+    assert torch.equal(center(torch.ones(1, 2, 2)), torch.tensor([[[0.0, -0.5], [-1.0, 0.5]]]))
+    assert "center" in center.state_dict() and "initialised" in center.state_dict()  # checkpointed, so a resume is exact

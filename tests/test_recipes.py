@@ -123,3 +123,24 @@ def test_ijepa_runs_under_fsdp2_with_two_processes(tmp_path):
     assert [p.step for p in client.get_metric_history(tracked.info.run_id, "train/loss")] == [0, 1]
     assert [p.step for p in client.get_metric_history(tracked.info.run_id, "hparams/momentum_teacher")] == [0, 1]
     assert 0.0 <= tracked.data.metrics["final/linear_probe_acc"] <= 1.0
+
+
+def test_ijepa_departures_train_one_epoch_with_the_stated_loss(tmp_path):
+    """I-JEPA with SIGReg on the pooled context and centred targets: loss = (1 - w) prediction + w SIGReg; the centre is kept."""
+    from sptrack.module.trainer import Trainer
+    from sptrack.recipe.trainer_args import trainer_kwargs
+
+    recipe = load_recipe("recipes/ijepa.py")
+    cfg = recipe.default_config()
+    apply_overrides(cfg, [*TINY["ijepa"], "ijepa.sigreg_weight=0.25", "ijepa.center_targets=True", "ijepa.sigreg_slices=32",
+                          f"trainer.output_dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=1"])
+    pl.seed_everything(0, workers=True, verbose=False)
+    experiment = recipe.build_experiment(cfg)
+    trainer = Trainer(**trainer_kwargs(cfg), callbacks=experiment.callbacks, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(experiment.module, experiment.train_loader)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert math.isclose(metrics["train/loss"], 0.75 * metrics["train/prediction"] + 0.25 * metrics["train/sigreg"], rel_tol=1e-5)
+    assert metrics["train/sigreg"] > 0 and metrics["train/prediction"] > 0
+    center = experiment.module.target_center
+    assert bool(center.initialised) and center.center.abs().sum() > 0 and center.center.shape == (49, 32)

@@ -167,6 +167,9 @@ def test_two_process_sigreg_equals_one_process_on_the_whole_batch(tmp_path):
         rows = slice(r * 32, (r + 1) * 32)
         assert torch.allclose(res["grad"] / 2, ref["grad"][:, rows], rtol=1e-9, atol=1e-14)
         assert torch.allclose(res["lejepa_grad"] / 2, ref["lejepa_grad"][:, rows], rtol=1e-9, atol=1e-14)
+        # I-JEPA's PositionCenter: the global batch mean, the same centre on every rank.
+        assert torch.allclose(res["center"], ref["center"], rtol=1e-12, atol=1e-15)
+        assert torch.allclose(res["centered"], ref["centered"][rows], rtol=1e-12, atol=1e-15)
     # The invariance term is a per-sample mean: the rank average is the global value.
     assert torch.allclose((ranks[0]["lejepa"] + ranks[1]["lejepa"]) / 2, ref["lejepa"], rtol=1e-10)
     assert ref["grad"].abs().max() > 1e-4  # the comparison can fail

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -39,3 +41,46 @@ def predict_blocks(predictor, context: torch.Tensor, context_idx: torch.Tensor, 
 def ijepa_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean squared L2 error between predicted and target patch representations."""
     return F.mse_loss(predictions, targets.detach())
+
+
+class PositionCenter(nn.Module):
+    """A running mean of the target encoder's tokens at every patch position, removed from the targets.
+
+    On small, centred images (MNIST) most of a patch token's variance is where the patch is, not what
+    it shows: background positions look alike in every image. Predicting that part needs no more than
+    the positional embeddings, so it teaches the encoder nothing about content. Subtracting the
+    per-position mean (before the targets' layer norm) leaves what differs between images. The mean
+    is an EMA over global batches, ``c <- m c + (1 - m) mean_batch(tokens)``, all-reduced across ranks
+    like DINO's centre, so DDP and one process agree.
+
+    Args:
+        positions, dim: the token grid's length ``N`` and width ``D``.
+        momentum: EMA momentum ``m`` of the centre.
+    """
+
+    def __init__(self, positions: int, dim: int, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = float(momentum)
+        self.register_buffer("center", torch.zeros(positions, dim))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens - center`` for ``(B, N, D)`` tokens (the first batch initialises the centre to its own mean)."""
+        if not bool(self.initialised):
+            self.update(tokens)
+        return tokens - self.center
+
+    @torch.no_grad()
+    def update(self, tokens: torch.Tensor) -> None:
+        """Fold the global batch's per-position mean of ``tokens`` into the centre."""
+        total = tokens.detach().to(self.center.dtype).sum(0)
+        count = torch.tensor(float(tokens.shape[0]), device=tokens.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            dist.all_reduce(count)
+        mean = total / count
+        if bool(self.initialised):
+            self.center.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)
+        else:
+            self.center.copy_(mean)
+            self.initialised.fill_(True)

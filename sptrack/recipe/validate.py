@@ -159,8 +159,7 @@ def check_data(d: DataConfig) -> None:
     fraction("data.heldout_fraction", d.heldout_fraction, "Use e.g. data.heldout_fraction=0.2.", zero=False)
     if d.image_size is not None:
         integer("data.image_size", d.image_size, 1, "Use e.g. data.image_size=64, or None for the recipe's input size.")
-    if d.crop_from not in CROP_FROM:
-        raise ConfigError("data.crop_from", f"unknown value {d.crop_from!r}.", (suggestion(str(d.crop_from), CROP_FROM) or "") + f" Use one of {CROP_FROM}.")
+    choice("data.crop_from", d.crop_from, CROP_FROM)
     if d.dataset == "image_folder":
         check_image_root("data.root", d.root)
         return

@@ -1,4 +1,4 @@
-"""SIGReg / LeJEPA loss on this rank's share of a fixed global batch; writes value and input gradient.
+"""SIGReg / LeJEPA loss and I-JEPA's PositionCenter on this rank's share of a fixed global batch; writes values and gradients.
 
 Run under torchrun (gloo) or alone (the whole batch). Rank r of W takes rows [r*N/W, (r+1)*N/W) of
 every view.
@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from sptrack.methods import LeJEPALoss, SIGReg
+from sptrack.methods.ijepa import PositionCenter
 
 torch.set_num_threads(1)
 out = sys.argv[1]
@@ -28,7 +29,12 @@ sig.backward()
 z2 = z_all[:, rows].clone().requires_grad_(True)
 lejepa = LeJEPALoss(lamb=0.3, num_slices=128, seed=5).double()(z2, n_global=2, step=7)
 lejepa.loss.backward()
-torch.save({"sigreg": sig.detach(), "grad": z.grad, "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(),
+tokens = torch.randn(2, 64, 5, 3, generator=g, dtype=torch.float64)  # two batches of (N=64, positions 5, width 3)
+center = PositionCenter(5, 3, momentum=0.75).double()
+centered = center(tokens[0, rows])  # the first batch sets the centre to its global mean
+center.update(tokens[0, rows])
+center.update(tokens[1, rows])
+torch.save({"center": center.center, "centered": centered, "sigreg": sig.detach(), "grad": z.grad, "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(),
             "lejepa_grad": z2.grad, "world": world}, f"{out}/rank{rank}.pt")
 if world > 1:
     dist.destroy_process_group()
