@@ -37,4 +37,5 @@ center.update(tokens[1, rows])
 torch.save({"center": center.center, "centered": centered, "sigreg": sig.detach(), "grad": z.grad, "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(),
             "lejepa_grad": z2.grad, "world": world}, f"{out}/rank{rank}.pt")
 if world > 1:
+    dist.barrier()  # every rank's collectives done before the group goes
     dist.destroy_process_group()
