@@ -302,3 +302,13 @@ def test_exact_resume_finds_the_stream_and_resumes_it_mid_epoch(shard_set):
     state = {"version": 1, "rng": [rng_state()], "epoch": 1, "batches_done": 1, "batch_size": 4, "sampler": ds.state_dict()}
     callback.on_load_checkpoint(SimpleNamespace(world_size=1, global_rank=0), None, {CHECKPOINT_KEY: state})
     assert resumed.dataset.seed == 3 and index_lists(resumed) == uninterrupted[1:]
+
+
+def test_recipe_loaders_refuse_a_subset_or_validation_split_of_a_stream(shard_set):
+    from sptrack.data.loaders import recipe_loaders
+
+    _, shards = shard_set
+    for extra, key in (({"subset": 8}, "data.subset"), ({"validation_fraction": 0.1}, "data.validation_fraction")):
+        with pytest.raises(ConfigError) as info:
+            recipe_loaders("shards", 4, 4, None, root=str(shards), size=8, **extra)
+        assert info.value.key == key

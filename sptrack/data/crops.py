@@ -32,13 +32,14 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def crop_boxes(specs: Sequence[ViewSpec], height: int, width: int, generator: torch.Generator) -> list[tuple[tuple[float, float, float, float], bool]]:
-    """Per view: its crop box ``(left, top, right, bottom)`` in pixels of a ``height×width`` image, and whether it is mirrored.
+def crop_boxes(settings: torch.Tensor, height: int, width: int, generator: torch.Generator) -> list[tuple[tuple[float, float, float, float], bool]]:
+    """Per view (a row of ``settings``, see :func:`~sptrack.data.views.settings_table`): its crop box
+    ``(left, top, right, bottom)`` in pixels of a ``height×width`` image, and whether it is mirrored.
 
     The boxes are those of :func:`~sptrack.data.augment.sample_view_params` (torchvision's
     RandomResizedCrop rule, continuous), converted from its normalised centre/size to pixels.
     """
-    params = sample_view_params(settings_table(specs), aspect=height / width, generator=generator)
+    params = sample_view_params(settings, aspect=height / width, generator=generator)
     out = []
     for box_w, box_h, cx, cy, flip in params.table[:, :5].tolist():
         left, right = (cx - box_w + 1) / 2 * width, (cx + box_w + 1) / 2 * width
@@ -63,6 +64,7 @@ class WorkerCrops:
 
     def __init__(self, specs: Sequence[ViewSpec], image_size: Union[int, tuple[int, int]], seed: int = 0):
         self.specs = list(specs)
+        self._settings = settings_table(self.specs)  # built once: every sample draws from the same table
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.seed = int(seed)
 
@@ -77,7 +79,7 @@ class WorkerCrops:
             image = tensor_to_pil(image)
         generator = sample_generator(self.seed, epoch, int(sample["index"]))
         crops = []
-        for spec, (box, flip) in zip(self.specs, crop_boxes(self.specs, image.height, image.width, generator)):
+        for spec, (box, flip) in zip(self.specs, crop_boxes(self._settings, image.height, image.width, generator)):
             out_h, out_w = spec.out_size
             view = image.resize((out_w, out_h), Image.BILINEAR, box=box)
             crops.append(pil_to_tensor(view.transpose(Image.FLIP_LEFT_RIGHT) if flip else view))

@@ -14,6 +14,7 @@ from sptrack.data.crops import CroppedViews, WorkerCrops, flatten_subsets
 from sptrack.data.normalize import PixelsToFloat
 from sptrack.data.registry import build_dataset
 from sptrack.data.sampler import ResumableSampler
+from sptrack.errors import ConfigError
 
 
 @dataclass
@@ -38,22 +39,23 @@ class RecipeLoaders:
     @property
     def channels(self) -> int:
         """Channels of the images (the dataset's ``channels``, else the first held-out image's): what the encoder takes in."""
-        base = self.heldout.dataset
-        while isinstance(base, Subset):
-            base = base.dataset
-        channels = getattr(base, "channels", None)
+        channels = getattr(_under_subsets(self.heldout.dataset), "channels", None)
         return int(channels) if channels is not None else int(self.heldout.dataset[0]["image"].shape[0])
 
     @property
     def num_classes(self) -> int:
         """The dataset's ``num_classes``, else 1 + the largest label of the training and held-out images."""
-        base = self.heldout.dataset
-        while isinstance(base, Subset):
-            base = base.dataset
-        count = getattr(base, "num_classes", None)
+        count = getattr(_under_subsets(self.heldout.dataset), "num_classes", None)
         if count is not None:
             return int(count)
         return 1 + int(max(sample_labels(self.train_plain.dataset).max(), sample_labels(self.heldout.dataset).max()))
+
+
+def _under_subsets(dataset):
+    """The dataset under any nesting of ``Subset`` s."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
 
 
 def recipe_loaders(
@@ -89,6 +91,10 @@ def recipe_loaders(
     when CUDA is available (Lightning then copies batches with ``non_blocking``).
     """
     if dataset == "shards":
+        if subset is not None or validation_fraction > 0:
+            raise ConfigError("data.subset" if subset is not None else "data.validation_fraction",
+                              "does not apply to a stream of shards (it is read, not indexed).",
+                              "Write a smaller shard set, or rely on its val split.")
         return shard_loaders(batch_size, val_batch_size, train_transform, num_workers, shuffle_seed, worker_crops, **dataset_kwargs)
     if worker_crops is not None:
         dataset_kwargs = {**dataset_kwargs, "dtype": torch.uint8}

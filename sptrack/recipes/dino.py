@@ -90,7 +90,6 @@ class Config(RecipeConfig):
             check_patch_divides(self.data, self.dino.global_size, self.model.patch_size, "model.patch_size")
 
 
-
 PRESETS = {
     "vit_s16_imagenet": Preset(
         summary="ViT-S/16 at 224 px, 2 x 224 + 10 x 96 crops, CLS token, 65,536 prototypes, 300 epochs",

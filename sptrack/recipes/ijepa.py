@@ -90,7 +90,6 @@ class Config(RecipeConfig):
         choice("ijepa.sigreg_on", self.ijepa.sigreg_on, SIGREG_ON)
 
 
-
 PRESETS = {
     "vit_b16_imagenet": Preset(
         summary="ViT-B/16 at 224 px, 4 target blocks (scale 0.15-0.2), context 0.85-1.0, predictor 384 x 12, 300 epochs",

@@ -66,7 +66,6 @@ class Config(RecipeConfig):
         check_patch_divides(self.data, self.lejepa.global_size, self.model.patch_size, "model.patch_size")
 
 
-
 PRESETS = {
     "vit_s8_imagenette": Preset(
         summary="ViT-S/8 at 128 px, 4 views of scale 0.08-1, lambda 0.02, 16-d projections, 800 epochs",
