@@ -1,13 +1,16 @@
-"""Learning curves: each recipe's held-out linear-probe and kNN accuracy vs wall time on MNIST-5k.
+"""Learning curves: each recipe's held-out linear-probe and kNN accuracy vs wall time on MNIST-5k, over seeds.
 
-    python bench/learning.py --out DIR [--quick] [--recipes dino,ijepa,lejepa] [--epochs-scale 0.5]
+    python bench/learning.py --out DIR [--quick] [--recipes dino,ijepa,lejepa] [--seeds 0,1,2] [--epochs-scale 0.5]
                              [--probe-every K] [--threads 2] [--override dino:trainer.max_epochs=6]
 
-Each recipe in ``recipes/`` trains with its defaults (DINO 12 epochs, I-JEPA 20, LeJEPA 20, each
-times ``--epochs-scale``, at least 1; the learning-rate and EMA schedules follow the shortened
-length), one recipe after another in this process, with ``--threads`` torch threads (default 2 =
-the machine's cores; printed). The Trainer gets the same arguments as ``python -m sptrack.run``
-(``sptrack.run.train.trainer_kwargs``) but no checkpoints and no progress bar.
+Each recipe in ``recipes/`` trains with its defaults (``trainer.max_epochs`` of each recipe's Config, currently
+DINO 30, I-JEPA 8, LeJEPA 25; each times ``--epochs-scale``, rounded, at least 1; the learning-rate and EMA
+schedules follow the shortened length) once per training seed of ``--seeds`` (default 0,1,2: no single-seed
+headline), which sets ``trainer.seed`` (over any ``--override`` of it). The train/held-out split comes from
+``data.split_seed``, apart from it, so every seed is scored on the same held-out images. The runs go one after
+another in this process, with ``--threads`` torch threads (default 2 = the machine's cores; printed). The Trainer
+gets the same arguments as ``python -m sptrack.run`` (``sptrack.recipe.trainer_args.trainer_kwargs``) but no
+checkpoints and no progress bar.
 
 At the end of every epoch (after the recipe's own validation) the wall time since ``fit`` began is
 recorded with the online metrics ``eval/knn_acc``, ``eval/probe_acc``, ``eval/rankme``; before the
@@ -16,16 +19,27 @@ frozen embeddings (``sptrack.recipe.evaluate.linear_probe_accuracy``, what ``spt
 the end) is fitted. Probe time is excluded from the wall clock and the global RNG state is restored
 around it, so the training trajectory is the same whatever the probe schedule. The random-init
 baseline is the mean of the same probe on ``cfg.eval.baseline_inits`` encoders from
-``experiment.encoder_factory()`` (seeds 0, 1, ...), as in ``sptrack.recipe.final_eval.final_linear_eval``.
+``experiment.encoder_factory()`` (seeds 0, 1, ...), as in ``sptrack.recipe.final_eval.final_linear_eval``;
+it does not depend on the training seed, so it is computed once per recipe (after its first successful run).
 
-Writes ``DIR/learning.json`` (curves, summary, a ``"markdown"`` table that ``bench/run.py`` copies into
-RESULTS.md) and ``DIR/learning.png``. Expected time alone on 2 CPU cores (``SECONDS_PER_EPOCH``; the
-estimate is printed at the start): ``--epochs-scale 1`` (the recipes' full schedules, 52 epochs) about
-11.5 minutes of training plus about 1 minute of probes; ``bench/run.py`` passes ``--epochs-scale 0.5``
-(6 + 10 + 10 epochs: about 6 minutes plus 1 of probes) to keep the whole suite within 20 minutes. With other
-CPU-heavy jobs on the machine, 2 torch threads can be several times slower than 1 (measured here: 7x
-on a load of 3-6); the load is printed and stored, and ``--threads 1`` is the fallback.
-``--quick``: tiny models, 8 batches of 32 per epoch, 2 epochs (under a minute): it proves the pipeline only.
+Writes ``DIR/learning.json`` and ``DIR/learning.png`` (one curve per recipe and seed). The JSON holds the
+run settings (``seeds``, ``quick``, ``epochs_scale``, ``threads``, ...), a ``"markdown"`` table that
+``bench/run.py`` copies into RESULTS.md (one row per recipe: mean ± sample std over the seeds, per-seed
+values, random-init, gain), and ``recipes[name] = {"seeds": [...], "runs": {"<seed>": run}, "summary": {...}}``:
+``run`` is one training run's record (``epochs``, ``steps``, ``wall_s``, ``linear_probe_acc``,
+``random_init_linear_probe_acc``, ``gain_points``, final ``knn_acc`` / ``probe_acc`` / ``rankme``, ``curve``,
+``linear_probe_curve``, ``config``) or ``{"error": ...}``; ``summary`` (``learning_report.summarize``) has
+``seeds_ok``, ``seeds_failed``, per-seed ``linear_probe_acc`` and ``wall_s``, ``linear_probe_mean``,
+``linear_probe_std`` (null with one seed), ``wall_s_mean``, ``random_init`` (mean, std, min, max over the
+inits), ``random_init_linear_probe_acc``, ``gain_points_mean``, ``gain_points_min``, ``knn_acc_mean``,
+``probe_acc_mean``, ``rankme_mean``. A failed run is recorded and the others go on; the exit status is 1
+if any failed.
+
+Expected time alone on 2 CPU cores: the sum over recipes of seeds × epochs × ``SECONDS_PER_EPOCH``, printed at
+the start (plus the probes, about a minute per seed). With other CPU-heavy jobs on the machine, 2 torch threads
+can be several times slower than 1 (measured here: 7x on a load of 3-6); the load is printed and stored, and
+``--threads 1`` is the fallback. ``--quick``: tiny models, 8 batches of 32 per epoch, 2 epochs, and only seed 0
+unless ``--seeds`` is given (under a minute; each extra seed adds about as much again): it proves the pipeline only.
 """
 
 from __future__ import annotations
@@ -39,6 +53,7 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import learning_report  # noqa: E402
 
 common.add_repo_to_path()
 
@@ -58,7 +73,7 @@ QUICK_OVERRIDES = {
     "lejepa": ["model.proj_hidden_dim=64", "model.proj_dim=16", "lejepa.n_local=2", "lejepa.num_slices=128"],
 }
 QUICK_BATCHES = 8  # training batches per epoch in --quick (shuffled over all 4,000 images)
-COLOURS = {"dino": "tab:blue", "ijepa": "tab:orange", "lejepa": "tab:green"}
+SEEDS, QUICK_SEEDS = "0,1,2", "0"  # --seeds defaults: the reporting rule's seeds 0-2; one in --quick (a pipeline check)
 
 
 def _probe(experiment: Any, encoder: Any = None) -> float:
@@ -136,8 +151,11 @@ def configure(name: str, recipe: Any, quick: bool, epochs_scale: float, override
     return cfg
 
 
-def run_recipe(name: str, cfg: Any, probe_every: Optional[int], work: Path) -> dict:
-    """Train one recipe with the curve recorder; return its curves and summary."""
+def run_seed(name: str, cfg: Any, probe_every: Optional[int], work: Path, baseline: Optional[dict] = None) -> tuple[dict, dict]:
+    """Train one recipe at ``cfg.trainer.seed`` with the curve recorder; return its record and the random-init baseline.
+
+    The baseline (mean, std, min, max over ``cfg.eval.baseline_inits`` inits) is computed only when ``baseline`` is None.
+    """
     import lightning.pytorch as pl
     import torch
 
@@ -148,97 +166,68 @@ def run_recipe(name: str, cfg: Any, probe_every: Optional[int], work: Path) -> d
     from sptrack.recipe.trainer_args import trainer_kwargs
 
     recipe = load_recipe(name)
-    epochs = cfg.trainer.max_epochs
+    epochs, seed = cfg.trainer.max_epochs, cfg.trainer.seed
     every = probe_every or math.ceil(epochs / 4)  # about four probes along the curve, plus the start and the end
-    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    pl.seed_everything(seed, workers=True, verbose=False)
     experiment = recipe.build(cfg)
     experiment.module._print_summary = lambda: None  # keep the output to the curve
     recorder = make_recorder(experiment, every)
     kwargs = {**trainer_kwargs(cfg), "enable_checkpointing": False, "enable_progress_bar": False}
-    trainer = Trainer(**kwargs, callbacks=[*experiment.callbacks, recorder], logger=False, default_root_dir=str(work / name))
+    trainer = Trainer(**kwargs, callbacks=[*experiment.callbacks, recorder], logger=False, default_root_dir=str(work / name / str(seed)))
     limit = cfg.trainer.limit_train_batches
     batches = len(experiment.train_loader) if limit is None else (limit if isinstance(limit, int) else int(limit * len(experiment.train_loader)))
-    print(f"\n--- {name}: {epochs} epochs, batch {cfg.data.batch_size}, {batches} steps/epoch, "
+    print(f"\n--- {name} seed {seed}: {epochs} epochs, batch {cfg.data.batch_size}, {batches} steps/epoch, "
           f"linear probe every {every} epochs; torch threads {torch.get_num_threads()}", flush=True)
     recorder.start = time.perf_counter()
     trainer.fit(experiment.module, experiment.train_loader, experiment.val_loader)
     wall = recorder.elapsed()
-    t0 = time.perf_counter()
-    # As final_linear_eval: the mean over cfg.eval.baseline_inits random inits (seeds 0, 1, ...), RNG untouched.
-    baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, experiment.probe_train_loader, experiment.val_loader,
-                                    cfg.eval.baseline_inits)["mean"]
-    baseline_s = time.perf_counter() - t0
+    baseline_s = 0.0
+    if baseline is None:
+        t0 = time.perf_counter()
+        # As final_linear_eval: over cfg.eval.baseline_inits random inits (seeds 0, 1, ...), RNG untouched.
+        baseline = random_init_baseline(experiment.encoder_factory, experiment.embed, experiment.probe_train_loader, experiment.val_loader,
+                                        cfg.eval.baseline_inits)
+        baseline_s = time.perf_counter() - t0
+        baseline = {**baseline, "probe_s": round(baseline_s, 2), "computed_in_seed": seed}
     final = recorder.epochs[-1] if recorder.epochs else {}
     probe = recorder.probes[-1]["linear_probe_acc"]
-    print(f"--- {name}: {wall:.1f} s of training; linear probe {probe:.4f} vs random-init {baseline:.4f} "
-          f"({100 * (probe - baseline):+.1f} points); kNN {_f(final.get('eval/knn_acc'))}", flush=True)
-    keep = ("data.dataset", "data.batch_size", "data.subset", "trainer.max_epochs", "trainer.seed")
+    print(f"--- {name} seed {seed}: {wall:.1f} s of training; linear probe {probe:.4f} vs random-init {baseline['mean']:.4f} "
+          f"({100 * (probe - baseline['mean']):+.1f} points); kNN {_f(final.get('eval/knn_acc'))}", flush=True)
+    keep = ("data.dataset", "data.batch_size", "data.subset", "data.split_seed", "trainer.max_epochs", "trainer.seed")
     return {
         "config": {k: v for k, v in flatten(cfg).items() if k in keep or k.startswith("model.")},
         "epochs": epochs, "steps": int(trainer.global_step), "wall_s": round(wall, 2),
         "probe_s": round(recorder.paused + baseline_s, 2),
-        "linear_probe_acc": probe, "random_init_linear_probe_acc": baseline, "gain_points": round(100 * (probe - baseline), 2),
+        "linear_probe_acc": probe, "random_init_linear_probe_acc": baseline["mean"], "gain_points": round(100 * (probe - baseline["mean"]), 2),
         **{k.split("/")[1]: final.get(k) for k in ONLINE},
         "curve": recorder.epochs, "linear_probe_curve": recorder.probes,
-    }
+    }, baseline
 
 
-def markdown(results: dict, meta: dict) -> str:
-    """The RESULTS.md section: one row per recipe."""
-    mode = f"quick (tiny models, {QUICK_BATCHES} batches of 32 per epoch: pipeline check, not a result)" if meta["quick"] else \
-        f"recipe defaults, epochs × {meta['epochs_scale']:g}"
-    lines = ["## Learning (held-out accuracy vs wall time, MNIST-5k)", "",
-             f"{mode}; torch threads {meta['threads']}, recipes run one after another. Linear probe = L-BFGS logistic regression "
-             "on frozen embeddings of the 4,000 training images, scored on the 1,000 held-out ones; wall time = training "
-             "including the recipe's online evaluation, excluding these probes; kNN / online probe / RankMe = the recipe's online evaluation on the held-out split after the last epoch; "
-             "random-init = the same linear probe on untrained encoders of the same architecture, the mean over `eval.baseline_inits` inits "
-             "(seeds 0, 1, ...; 5 by default), as in the end-of-run report. "
-             "Curves: `learning.png`, `learning.json`.", "",
-             "| recipe | epochs | steps | wall time | linear probe | kNN | online probe | RankMe | random-init probe | gain |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in results.items():
-        if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'][:100]} | | | | | | | | |")
-            continue
-        lines.append(f"| {name} | {r['epochs']} | {r['steps']} | {_duration(r['wall_s'])} | {r['linear_probe_acc']:.3f} | "
-                     f"{_md(r['knn_acc'])} | {_md(r['probe_acc'])} | {_md(r['rankme'], 1)} | {r['random_init_linear_probe_acc']:.3f} | "
-                     f"{r['gain_points']:+.1f} pts |")
-    return "\n".join(lines) + "\n"
+def run_recipe(name: str, cfg: Any, seeds: list[int], probe_every: Optional[int], work: Path) -> dict:
+    """Train ``name`` once per seed (``cfg.trainer.seed``); a failed seed is recorded and the others still run."""
+    runs: dict[str, dict] = {}
+    baseline = None
+    for seed in seeds:
+        cfg.trainer.seed = seed
+        try:
+            runs[str(seed)], baseline = run_seed(name, cfg, probe_every, work, baseline)
+        except Exception as err:  # noqa: BLE001 - one failing run must not hide the others' curves
+            import traceback
+
+            traceback.print_exc()
+            runs[str(seed)] = {"error": f"{type(err).__name__}: {err}"}
+    return {"seeds": seeds, "runs": runs, "summary": learning_report.summarize(seeds, runs, baseline)}
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def _md(value: Optional[float], digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def plot(results: dict, path: Path) -> None:
-    """Linear probe and kNN accuracy vs wall time, one colour per recipe; random-init probes dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_probe, ax_knn) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for name, r in results.items():
-        if "error" in r:
-            continue
-        colour = COLOURS.get(name)
-        pts = r["linear_probe_curve"]
-        ax_probe.plot([p["wall_s"] / 60 for p in pts], [p["linear_probe_acc"] for p in pts], "o-", color=colour, label=name)
-        ax_probe.axhline(r["random_init_linear_probe_acc"], color=colour, ls="--", lw=1, label=f"{name} random-init")
-        knn = [(e["wall_s"] / 60, e["eval/knn_acc"]) for e in r["curve"] if e["eval/knn_acc"] is not None]
-        if knn:
-            ax_knn.plot(*zip(*knn), ".-", color=colour, label=name)
-    for ax, title in ((ax_probe, "linear probe on frozen embeddings (held-out)"), (ax_knn, "online kNN, k=20 (held-out)")):
-        ax.set_title(title)
-        ax.set_xlabel("training wall time (min)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ax_probe.set_ylabel("accuracy")
-    common.save_figure(fig, path)
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds, got {text!r}")
+    return seeds
 
 
 def main(argv=None) -> None:
@@ -246,6 +235,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(common.RESULTS_DIR))
     parser.add_argument("--quick", action="store_true", help="tiny models, 8 batches per epoch, 2 epochs: a pipeline check")
     parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--seeds", type=_seeds, default=None, metavar="0,1,2",
+                        help=f"training seeds (trainer.seed), comma-separated; one run per recipe and seed (default {SEEDS}; {QUICK_SEEDS} with --quick)")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply each recipe's default max_epochs (at least 1 epoch)")
     parser.add_argument("--probe-every", type=int, default=None, help="linear probe every K epochs (default: ceil(epochs / 4))")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2; 1 with --quick)")
@@ -272,25 +263,27 @@ def main(argv=None) -> None:
     if threads > 1 and load > 1.0:
         print(f"warning: 1-minute load {load:.1f} before starting: other jobs share the cores, and {threads} torch threads "
               "may then run several times slower than 1 (--threads 1)", flush=True)
-    estimate = sum(SECONDS_PER_EPOCH.get(n, 10.0) * configs[n].trainer.max_epochs for n in names) / 60
-    print(f"learning benchmark: recipes {', '.join(names)}; torch threads {threads}; cpus {os.cpu_count()}; "
-          f"{'quick' if args.quick else f'epochs x {args.epochs_scale:g}'}"
-          + ("" if args.quick else f"; expected ~{estimate:.1f} min of training alone on 2 cores"), flush=True)
+    seeds = args.seeds or _seeds(QUICK_SEEDS if args.quick else SEEDS)
+    # seeds x epochs x SECONDS_PER_EPOCH per recipe (probes not included)
+    parts = {n: len(seeds) * configs[n].trainer.max_epochs * SECONDS_PER_EPOCH.get(n, 10.0) for n in names}
+    terms = ", ".join(f"{n} {len(seeds)} x {configs[n].trainer.max_epochs} x {SECONDS_PER_EPOCH.get(n, 10.0):g} s" for n in names)
+    print(f"learning benchmark: recipes {', '.join(names)}; seeds {', '.join(map(str, seeds))}; torch threads {threads}; "
+          f"cpus {os.cpu_count()}; {'quick' if args.quick else f'epochs x {args.epochs_scale:g}'}"
+          + ("" if args.quick else f"; expected ~{sum(parts.values()) / 60:.1f} min of training alone on 2 cores "
+             f"(seeds x epochs x SECONDS_PER_EPOCH: {terms}) plus the probes"), flush=True)
     results: dict[str, dict] = {}
     started = time.perf_counter()
     for name in names:
-        try:
-            results[name] = run_recipe(name, configs[name], args.probe_every, work)
-        except Exception as err:  # noqa: BLE001 - one failing recipe must not hide the others' curves
-            import traceback
-
-            traceback.print_exc()
-            results[name] = {"error": f"{type(err).__name__}: {err}"}
-    meta = {"quick": args.quick, "epochs_scale": args.epochs_scale, "threads": threads, "total_s": round(time.perf_counter() - started, 1)}
-    plot(results, out / "learning.png")
-    path = common.write_json("learning", {**meta, "recipes": results, "plot": "learning.png", "markdown": markdown(results, meta)}, out)
-    print(f"\n{markdown(results, meta)}\nwrote {path} and {out / 'learning.png'} ({meta['total_s'] / 60:.1f} min)")
-    if any("error" in r for r in results.values()):
+        results[name] = run_recipe(name, configs[name], seeds, args.probe_every, work)
+    meta = {"quick": args.quick, "quick_batches": QUICK_BATCHES, "epochs_scale": args.epochs_scale, "seeds": seeds, "threads": threads,
+            "estimate_s": None if args.quick else round(sum(parts.values()), 1), "total_s": round(time.perf_counter() - started, 1)}
+    learning_report.plot(results, out / "learning.png")
+    table = learning_report.markdown(results, meta)
+    path = common.write_json("learning", {**meta, "recipes": results, "plot": "learning.png", "markdown": table}, out)
+    print(f"\n{table}\nwrote {path} and {out / 'learning.png'} ({meta['total_s'] / 60:.1f} min)")
+    failed = [f"{n} seed {s}" for n, r in results.items() for s in r["summary"]["seeds_failed"]]
+    if failed:
+        print(f"failed runs: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -103,6 +103,7 @@ CASES = [
     ([DINO, "data.dataset=shards", "data.root=empty", "data.subset=64", "--dry-run"], "data.subset", "write a smaller shard set"),
     ([IJEPA, "ijepa.sigreg_on=token", "--dry-run"], "ijepa.sigreg_on", "Did you mean 'tokens'"),
     ([IJEPA, "ijepa.sigreg_weight=1.5", "--dry-run"], "ijepa.sigreg_weight", "[0, 1)"),
+    ([DINO, "dino.koleo_weight=-0.1", "--dry-run"], "dino.koleo_weight", "finite number >= 0"),
     ([DINO, "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",
      "30 is not a multiple of model.patch_size=4. Use e.g. data.image_size=28 or 32."),
     # optim.*

@@ -128,11 +128,11 @@ def _kill_and_resume(recipe: str, tmp_path: Path, seed: int, extra: list[str] = 
     return resumed
 
 
-# DINO (multi-crop views, EMA teacher, centre) and I-JEPA (block masks, EMA teacher) between them hold every kind
-# of state a resume must restore; LeJEPA's views are DINO's and its SIGReg directions are seeded by the step.
-@pytest.mark.parametrize("recipe", ["dino", "ijepa"])
-def test_sigkill_then_resume_auto_is_bitwise_exact(recipe, tmp_path):
-    _kill_and_resume(recipe, tmp_path, seed=hash(recipe) % 1000)
+# DINO (multi-crop views, EMA teacher, centre) and I-JEPA (block masks, EMA teacher, position centre) between them
+# hold every kind of state a resume must restore; LeJEPA's views are DINO's and its SIGReg directions are seeded by
+# the step. DINO is killed and resumed in one process by the last-batch test below and under DDP above.
+def test_sigkill_then_resume_auto_is_bitwise_exact(tmp_path):
+    _kill_and_resume("ijepa", tmp_path, seed=11, extra=["ijepa.center_targets=True"])
 
 
 def _metric_history(db: Path) -> dict:

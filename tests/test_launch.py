@@ -214,7 +214,11 @@ def test_sweep_under_torchrun_needs_no_devices_flag(tmp_path):
     (trial,) = optuna.load_study(study_name="t", storage=storage).trials
     assert trial.state == TrialState.COMPLETE
     ranks = [json.loads((record / f"trial-0-rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["world_size"] for r in ranks] == [2, 2] and {r["strategy"] for r in ranks} == {"DDPStrategy"}
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+    for r in ranks:  # each rank's torch optimizers hold the values rank 0 sampled
+        assert r["lr"] == {name: pytest.approx(trial.params[f"optim.{name}.lr"]) for name in ("backbone", "head")}
+        assert r["frequency"] == {name: trial.params[f"optim.{name}.frequency"] for name in ("backbone", "head")}
 
 
 @pytest.mark.timeout(200)

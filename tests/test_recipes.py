@@ -125,21 +125,34 @@ def test_ijepa_runs_under_fsdp2_with_two_processes(tmp_path):
     assert 0.0 <= tracked.data.metrics["final/linear_probe_acc"] <= 1.0
 
 
-def test_ijepa_departures_train_one_epoch_with_the_stated_loss(tmp_path):
-    """I-JEPA with SIGReg on the pooled context and centred targets: loss = (1 - w) prediction + w SIGReg; the centre is kept."""
+def _fit_one_epoch(name: str, overrides: list[str], tmp_path) -> tuple:
+    """The recipe with ``overrides`` fitted for its (one) epoch in this process: (experiment, last logged metrics)."""
     from sptrack.module.trainer import Trainer
     from sptrack.recipe.trainer_args import trainer_kwargs
 
-    recipe = load_recipe("recipes/ijepa.py")
+    recipe = load_recipe(f"recipes/{name}.py")
     cfg = recipe.default_config()
-    apply_overrides(cfg, [*TINY["ijepa"], "ijepa.sigreg_weight=0.25", "ijepa.center_targets=True", "ijepa.sigreg_slices=32",
-                          f"trainer.output_dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=1"])
+    apply_overrides(cfg, [*overrides, f"trainer.output_dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=1"])
     pl.seed_everything(0, workers=True, verbose=False)
     experiment = recipe.build_experiment(cfg)
     trainer = Trainer(**trainer_kwargs(cfg), callbacks=experiment.callbacks, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, default_root_dir=str(tmp_path))
     trainer.fit(experiment.module, experiment.train_loader)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return experiment, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_dino_with_koleo_trains_one_epoch_with_the_stated_loss(tmp_path):
+    """DINO + w KoLeo of the student's global-view embeddings: loss = DINO + w KoLeo, each logged."""
+    _, metrics = _fit_one_epoch("dino", [*COMMON, "model.out_dim=64", "model.head_hidden_dim=64", "model.bottleneck_dim=16",
+                                         "dino.koleo_weight=0.3"], tmp_path)
+    assert math.isclose(metrics["train/loss"], metrics["train/dino"] + 0.3 * metrics["train/koleo"], rel_tol=1e-5)
+    assert metrics["train/koleo"] != 0 and metrics["train/dino"] > 0
+
+
+def test_ijepa_departures_train_one_epoch_with_the_stated_loss(tmp_path):
+    """I-JEPA with SIGReg on the pooled context and centred targets: loss = (1 - w) prediction + w SIGReg; the centre is kept."""
+    experiment, metrics = _fit_one_epoch("ijepa", [*TINY["ijepa"], "ijepa.sigreg_weight=0.25", "ijepa.center_targets=True",
+                                                   "ijepa.sigreg_slices=32"], tmp_path)
     assert math.isclose(metrics["train/loss"], 0.75 * metrics["train/prediction"] + 0.25 * metrics["train/sigreg"], rel_tol=1e-5)
     assert metrics["train/sigreg"] > 0 and metrics["train/prediction"] > 0
     center = experiment.module.target_center

@@ -167,9 +167,19 @@ def test_two_process_sigreg_equals_one_process_on_the_whole_batch(tmp_path):
         rows = slice(r * 32, (r + 1) * 32)
         assert torch.allclose(res["grad"] / 2, ref["grad"][:, rows], rtol=1e-9, atol=1e-14)
         assert torch.allclose(res["lejepa_grad"] / 2, ref["lejepa_grad"][:, rows], rtol=1e-9, atol=1e-14)
+        # KoLeo: neighbours from the whole batch, so the same value and gradient rows as one process.
+        assert torch.allclose(res["koleo"], ref["koleo"], rtol=1e-10, atol=0)
+        assert torch.allclose(res["koleo_grad"] / 2, ref["koleo_grad"][:, rows], rtol=1e-9, atol=1e-14)
         # I-JEPA's PositionCenter: the global batch mean, the same centre on every rank.
         assert torch.allclose(res["center"], ref["center"], rtol=1e-12, atol=1e-15)
         assert torch.allclose(res["centered"], ref["centered"][rows], rtol=1e-12, atol=1e-15)
     # The invariance term is a per-sample mean: the rank average is the global value.
     assert torch.allclose((ranks[0]["lejepa"] + ranks[1]["lejepa"]) / 2, ref["lejepa"], rtol=1e-10)
-    assert ref["grad"].abs().max() > 1e-4  # the comparison can fail
+    assert ref["grad"].abs().max() > 1e-4 and ref["koleo_grad"].abs().max() > 1e-4  # the comparison can fail
+    # ... and it would with each rank's own rows only: KoLeo on one half of the batch is another value.
+    from sptrack.methods import KoLeo
+
+    g = torch.Generator().manual_seed(0)
+    z_all = torch.randn(4, 64, 16, generator=g, dtype=torch.float64) * 1.3 + 0.2  # the worker's batch
+    halves = (KoLeo()(z_all[:2, :32]) + KoLeo()(z_all[:2, 32:])) / 2
+    assert not torch.allclose(halves, ref["koleo"], rtol=1e-3)

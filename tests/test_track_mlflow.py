@@ -322,9 +322,11 @@ def _torchrun(args: list[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, output[-8000:]
 
 
-@pytest.mark.parametrize("strategy, strategy_class", [("ddp", "DDPStrategy"), ("fsdp2", "FSDP2Strategy")])
+# FSDP2 only: its resume reads a distributed checkpoint folder, DDP's a file (the one-run-per-job rule under DDP is
+# tests/test_run_cli.py's and tests/test_launch.py's; a tracked run resumed in one process, tests/test_exact_resume.py's).
+@pytest.mark.parametrize("strategy, strategy_class", [("fsdp2", "FSDP2Strategy")])
 def test_two_processes_make_one_run_and_resume_it(mlflow_server, experiment, tmp_path, strategy, strategy_class):
-    """2-process DDP / FSDP2 (distributed checkpoint folder): one run, resumed by the next job."""
+    """2-process FSDP2 (distributed checkpoint folder): one run, resumed by the next job."""
     common = ["--uri", mlflow_server.url, "--experiment", experiment, "--ckpt-dir", str(tmp_path / "ckpt"), "--strategy", strategy]
     _torchrun([*common, "--out", str(tmp_path / "job1"), "--max-epochs", "1"], tmp_path)
     ckpt = sorted((tmp_path / "ckpt").glob("epoch=0*.ckpt"))

@@ -164,7 +164,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert out.count("best trials") == 1  # one report, from the launcher
 
 
-@pytest.mark.parametrize("strategy, strategy_class", [("ddp", "DDPStrategy"), ("fsdp2", "FSDP2Strategy")])
+# FSDP2 here (its optimizers hold sharded parameters); a DDP trial under torchrun: tests/test_launch.py.
+@pytest.mark.parametrize("strategy, strategy_class", [("fsdp2", "FSDP2Strategy")])
 def test_two_process_trial_trains_every_rank_with_the_sampled_params(strategy, strategy_class, tmp_path):
     storage, mlflow_uri, record = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "record"
     _run([TINY_RECIPE, f"trainer.output_dir={tmp_path}", f"record_dir={record}", f"tracker.uri={mlflow_uri}", "--tracker", "mlflow",

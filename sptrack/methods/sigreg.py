@@ -52,7 +52,7 @@ def trapezoid_half_line(knots: int, t_max: float) -> tuple[torch.Tensor, torch.T
     return t, weights
 
 
-def _global_sum(x: torch.Tensor) -> torch.Tensor:
+def global_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks with gradients flowing back to every rank (identity on one process)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         from torch.distributed.nn.functional import all_reduce
@@ -90,7 +90,7 @@ class EppsPulley(nn.Module):
         n = torch.tensor([float(x.shape[-2])], device=x.device, dtype=x.dtype)
         if self.sync:
             # One collective per call: the cos sums, the sin sums and the sample count travel together.
-            packed = _global_sum(torch.cat([cos_sum.flatten(), sin_sum.flatten(), n]))
+            packed = global_sum(torch.cat([cos_sum.flatten(), sin_sum.flatten(), n]))
             cos_flat, sin_flat, n = packed.split([cos_sum.numel(), sin_sum.numel(), 1])
             cos_sum, sin_sum = cos_flat.view_as(cos_sum), sin_flat.view_as(sin_sum)
         n = n[0]

@@ -145,12 +145,13 @@ def build(cfg: Config):
         context = self.encoder.forward_tokens(image, keep=context_idx)  # only context patches enter
         with torch.no_grad():
             full = self.teacher.module.forward_tokens(image)
+            # The online probe learns from the target encoder's embedding of the crop: no extra forward pass.
+            embedding = full.mean(1)
             if j.center_targets:
                 centered = self.target_center(full)
                 self.target_center.update(full)
                 full = centered
             targets = ijepa_targets(full, target_idx)
-            embedding = self.teacher.module(batch["image"])
         loss = ijepa_loss(predict_blocks(self.predictor, context, context_idx, target_idx), targets)
         if j.sigreg_weight > 0:
             z = context.mean(1) if j.sigreg_on == "pooled" else context.reshape(-1, context.shape[-1])

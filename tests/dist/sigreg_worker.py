@@ -1,4 +1,4 @@
-"""SIGReg / LeJEPA loss and I-JEPA's PositionCenter on this rank's share of a fixed global batch; writes values and gradients.
+"""SIGReg / LeJEPA loss, KoLeo and I-JEPA's PositionCenter on this rank's share of a fixed global batch; writes values and gradients.
 
 Run under torchrun (gloo) or alone (the whole batch). Rank r of W takes rows [r*N/W, (r+1)*N/W) of
 every view.
@@ -10,7 +10,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from sptrack.methods import LeJEPALoss, SIGReg
+from sptrack.methods import KoLeo, LeJEPALoss, SIGReg
 from sptrack.methods.ijepa import PositionCenter
 
 torch.set_num_threads(1)
@@ -29,13 +29,17 @@ sig.backward()
 z2 = z_all[:, rows].clone().requires_grad_(True)
 lejepa = LeJEPALoss(lamb=0.3, num_slices=128, seed=5).double()(z2, n_global=2, step=7)
 lejepa.loss.backward()
+z3 = z_all[:2, rows].clone().requires_grad_(True)  # two views: the neighbours are searched in the global batch
+koleo = KoLeo()(z3)
+koleo.backward()
 tokens = torch.randn(2, 64, 5, 3, generator=g, dtype=torch.float64)  # two batches of (N=64, positions 5, width 3)
 center = PositionCenter(5, 3, momentum=0.75).double()
 centered = center(tokens[0, rows])  # the first batch sets the centre to its global mean
 center.update(tokens[0, rows])
 center.update(tokens[1, rows])
 torch.save({"center": center.center, "centered": centered, "sigreg": sig.detach(), "grad": z.grad, "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(),
-            "lejepa_grad": z2.grad, "world": world}, f"{out}/rank{rank}.pt")
+            "lejepa_grad": z2.grad, "koleo": koleo.detach(), "koleo_grad": z3.grad,
+            "world": world}, f"{out}/rank{rank}.pt")
 if world > 1:
     dist.barrier()  # every rank's collectives done before the group goes
     dist.destroy_process_group()
