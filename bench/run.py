@@ -1,6 +1,6 @@
 """Run the CPU benchmarks of issue 8 and write ``bench/results/*.json`` and ``bench/results/RESULTS.md``.
 
-    python bench/run.py                        # all but sweeps, about 30 minutes on 2 CPU cores
+    python bench/run.py                        # all but sweeps, about 40 minutes on 2 CPU cores
     python bench/run.py --only sweeps          # the repeated-study pruning benchmark alone (~75 minutes)
     python bench/run.py --quick                # a few rounds of each, sweeps included, for development (~5 minutes)
     python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps, loader, preset
@@ -15,7 +15,7 @@ are hooks: they run ``bench/learning.py`` / ``bench/sweeps.py`` when those exist
 ``DIR/sweeps.json``, whose optional ``"markdown"`` string is copied into RESULTS.md), and are
 skipped with the reason printed otherwise. In full mode learning gets ``--epochs-scale``
 (``--learning-epochs-scale``, default ``LEARNING_EPOCHS_SCALE`` = 0.5) and trains every recipe at seeds 0, 1, 2
-(its default ``--seeds``; about 17 minutes, the estimate it prints). The full sweeps benchmark
+(its default ``--seeds``; about 25 minutes, the estimate it prints). The full sweeps benchmark
 (5 repeated studies per sampler, see ``bench/sweeps.py``) is longer than the others together, so it runs only
 when named (``--only sweeps``) or in quick mode; its last results stay in RESULTS.md.
 """
@@ -36,7 +36,7 @@ RESULTS = BENCH / "results"
 ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps", "loader", "preset")
 #: What a full run without --only measures (sweeps: ~75 minutes alone).
 DEFAULT = ("overhead", "cli", "tracker", "comm", "learning", "loader", "preset")
-#: Full mode: the recipes' schedules times this (bench/learning.py, 3 seeds: ~17 of the 30 minutes at 0.5).
+#: Full mode: the recipes' schedules times this (bench/learning.py, 3 seeds: ~25 of the 40 minutes at 0.5).
 LEARNING_EPOCHS_SCALE = 0.5
 
 

@@ -123,3 +123,12 @@ def test_help_is_fast_and_lists_recipes():
     listed = out.stdout.split("recipes (by name, or any recipe file's path):", 1)[1]
     assert "recipes/dino.py" in listed
     assert "TORCH False" in out.stdout
+
+
+def test_validation_interval_always_includes_the_last_epoch():
+    """At most every N epochs, the largest divisor of max_epochs: a 1-epoch run of a recipe that validates
+    every 5 still ends with its online metrics; a step-bounded run keeps N."""
+    from sptrack.recipe.trainer_args import validation_interval
+
+    assert [validation_interval(5, e) for e in (30, 25, 12, 7, 1)] == [5, 5, 4, 1, 1]
+    assert validation_interval(1, 30) == 1 and validation_interval(7, 28) == 7 and validation_interval(5, -1) == 5

@@ -64,7 +64,7 @@ class TrainerConfig:
     num_nodes: Optional[int] = None
     strategy: str = "auto"
     log_every_n_steps: int = 10
-    check_val_every_n_epoch: int = 1
+    check_val_every_n_epoch: int = 1  # at most; the last epoch always validates (trainer_args.validation_interval)
     limit_train_batches: Optional[float] = None
     limit_val_batches: Optional[float] = None
     seed: int = 0

@@ -8,6 +8,17 @@ from sptrack.parallel.launch import resolve_devices
 from sptrack.recipe.config import RecipeConfig
 
 
+def validation_interval(every: int, max_epochs: int) -> int:
+    """The epochs between validations: the largest divisor of ``max_epochs`` not above ``every``.
+
+    Lightning validates after epochs ``every, 2 * every, ...`` only; this way the last epoch is always
+    one of them, so a run ends with its online metrics (``every=5``: 30 epochs every 5, 12 every 4, 1 every 1).
+    """
+    if max_epochs is None or max_epochs < 1:
+        return every  # a step-bounded run: no last epoch to align to
+    return max(d for d in range(1, min(every, max_epochs) + 1) if max_epochs % d == 0)
+
+
 def trainer_kwargs(cfg: RecipeConfig) -> dict:
     """Lightning Trainer arguments from ``cfg.trainer`` (None-valued limits left to Lightning; devices and
     num_nodes resolved against the launcher, see :mod:`sptrack.parallel.launch`)."""
@@ -25,7 +36,7 @@ def trainer_kwargs(cfg: RecipeConfig) -> dict:
         num_nodes=num_nodes,
         strategy=t.strategy,
         log_every_n_steps=t.log_every_n_steps,
-        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        check_val_every_n_epoch=validation_interval(t.check_val_every_n_epoch, t.max_epochs),
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
