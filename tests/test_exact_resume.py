@@ -180,6 +180,9 @@ def test_sigterm_checkpoints_at_a_boundary_and_the_tracked_run_continues(tmp_pat
     wait_reference()
     _assert_bitwise_equal(_final(straight / "runs" / recipe / "version_0"), _final(broken / "runs" / recipe / "version_0"))
     expected, got = _metric_history(straight / "mlflow.db"), _metric_history(broken / "mlflow.db")
+    # MLflow's system/* metrics are samples every few seconds of wall time: a run slowed by a loaded machine
+    # has some where a quicker one has none. They are not training state, so they are left out here.
+    expected, got = ({k: v for k, v in h.items() if not k.startswith("system/")} for h in (expected, got))
     assert sorted(got) == sorted(expected)
     assert len(expected["train/loss"]) == 40
     for key in expected:
