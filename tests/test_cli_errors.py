@@ -102,6 +102,7 @@ CASES = [
     ([DINO, "data.dataset=shards", "data.root=nope", "--dry-run"], "data.root", "does not exist"),
     ([DINO, "data.dataset=shards", "data.root=empty", "data.subset=64", "--dry-run"], "data.subset", "write a smaller shard set"),
     ([IJEPA, "ijepa.sigreg_on=token", "--dry-run"], "ijepa.sigreg_on", "Did you mean 'tokens'"),
+    ([IJEPA, "ijepa.target_placement=contnet", "--dry-run"], "ijepa.target_placement", "Did you mean 'content'"),
     ([IJEPA, "ijepa.sigreg_weight=1.5", "--dry-run"], "ijepa.sigreg_weight", "[0, 1)"),
     ([DINO, "dino.koleo_weight=-0.1", "--dry-run"], "dino.koleo_weight", "finite number >= 0"),
     ([DINO, "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sptrack.data.masks import BlockMaskSampler, IJEPAMasks
+from sptrack.data.masks import BlockMaskSampler, IJEPAMasks, patch_content
 from sptrack.errors import ConfigError
 from sptrack.methods import gather_tokens, ijepa_loss, ijepa_targets, predict_blocks
 from sptrack.nn import ViT, ViTPredictor
@@ -93,6 +93,41 @@ def test_transform_adds_masks_on_the_batch_device():
     out = transform(batch)
     assert out["context_idx"].dtype == torch.long and out["target_idx"].shape[:2] == (5, 4)
     assert "context_idx" not in batch  # the input batch is left alone
+
+
+def test_patch_content_is_each_patchs_pixel_variance():
+    image = torch.tensor([[0., 0., 1., 3.], [0., 0., 5., 7.], [2., 2., 0., 4.], [2., 2., 0., 0.]])[None, None]
+    # patches row-major: all zeros; {1, 3, 5, 7}; all twos; {0, 4, 0, 0}
+    assert patch_content(image, 2).tolist() == [[0.0, 5.0, 0.0, 3.0]]
+    rgb = torch.stack([image[0, 0], 2 * image[0, 0], image[0, 0]])[None]  # variance over channels and pixels together
+    assert patch_content(rgb, 2)[0, 1] == pytest.approx(torch.tensor([1., 3., 5., 7., 2., 6., 10., 14., 1., 3., 5., 7.]).var(unbiased=False).item())
+
+
+def test_content_placement_draws_blocks_in_proportion_to_the_content_they_cover():
+    """1x1 targets on a 3x3 grid (scale 1/9): each patch is drawn with probability weight / total; zero never."""
+    sampler = BlockMaskSampler(3, num_targets=1, target_scale=(1 / 9, 1 / 9), target_aspect=(1.0, 1.0),
+                               context_scale=(1.0, 1.0), min_context=1)
+    weights = torch.tensor([[0., 1., 2., 0., 3., 0., 0., 0., 4.]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([sampler.sample(1, g, content=weights).targets.flatten() for _ in range(4000)])
+    counts = torch.bincount(draws, minlength=9).double()
+    assert counts[weights[0] == 0].sum() == 0
+    expected = 4000 * weights[0] / weights.sum()
+    nonzero = weights[0] > 0
+    # binomial spread: 4 standard deviations at most
+    assert ((counts[nonzero] - expected[nonzero]).abs() <= 4 * (expected[nonzero] * (1 - weights[0][nonzero] / 10)).sqrt()).all()
+
+
+def test_content_placement_covers_the_only_stroke_and_falls_back_to_uniform_on_blank_images():
+    sampler = BlockMaskSampler(7, num_targets=4, min_context=4)
+    stroke = torch.zeros(1, 1, 28, 28)
+    stroke[0, 0, 0:8, 20:22] = 1.0  # a bar inside patches (0, 5) and (1, 5): every other patch is blank
+    transform = IJEPAMasks(sampler, seed=0, content_of=lambda batch: batch["image"], patch_size=4)
+    for _ in range(30):
+        targets = transform({"image": stroke})["target_idx"][0]
+        assert all(bool(torch.isin(torch.tensor([5, 12]), block).any()) for block in targets), targets
+    blank = IJEPAMasks(sampler, seed=0, content_of=lambda batch: batch["image"], patch_size=4)({"image": torch.zeros(2, 1, 28, 28)})
+    assert blank["target_idx"].shape[:2] == (2, 4)
 
 
 def _models():

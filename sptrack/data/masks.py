@@ -13,10 +13,11 @@ masks, for any patch grid.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sptrack.errors import ConfigError
@@ -102,15 +103,37 @@ class BlockMaskSampler:
         block[top : top + h, left : left + w] = True
         return block.flatten()
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> BlockMasks:
-        """Masks for ``batch_size`` images (CPU tensors)."""
+    def _place_by_content(self, shape: tuple[int, int], content: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A block placed with probability proportional to the ``content`` ``(rows, cols)`` it covers (uniform if none)."""
+        rows, cols = self.grid
+        h, w = shape
+        corner = F.pad(content.double().cumsum(0).cumsum(1), (1, 0, 1, 0))  # summed-area table
+        mass = corner[h:, w:] - corner[:-h, w:] - corner[h:, :-w] + corner[:-h, :-w]  # (rows - h + 1, cols - w + 1)
+        mass = mass.clamp_min(0).flatten()
+        if not float(mass.sum()) > 0:
+            return self._place(shape, generator)
+        top, left = divmod(int(torch.multinomial(mass, 1, generator=generator)), cols - w + 1)
+        block = torch.zeros(rows, cols, dtype=torch.bool)
+        block[top : top + h, left : left + w] = True
+        return block.flatten()
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None, content: torch.Tensor | None = None) -> BlockMasks:
+        """Masks for ``batch_size`` images (CPU tensors).
+
+        ``content``: optional non-negative ``(batch_size, rows * cols)`` per-patch weights; target blocks
+        are then placed with probability proportional to the weight they cover (the context block stays uniform).
+        """
         g = generator if generator is not None else torch.default_generator
         t_shape = self.block_shape(self.target_scale, self.target_aspect, g)
         c_shape = self.block_shape(self.context_scale, self.context_aspect, g)
+        if content is not None and tuple(content.shape) != (batch_size, self.grid[0] * self.grid[1]):
+            raise ValueError(f"content must be (batch, {self.grid[0] * self.grid[1]}) per-patch weights, got {tuple(content.shape)}.")
         contexts, targets = [], []
-        for _ in range(batch_size):
+        for i in range(batch_size):
+            weights = None if content is None else content[i].reshape(self.grid)
             for _ in range(self.max_tries):
-                blocks = [self._place(t_shape, g) for _ in range(self.num_targets)]
+                blocks = [self._place(t_shape, g) if weights is None else self._place_by_content(t_shape, weights, g)
+                          for _ in range(self.num_targets)]
                 covered = torch.stack(blocks).any(0)
                 context = self._place(c_shape, g) & ~covered
                 if int(context.sum()) >= self.min_context:
@@ -126,21 +149,44 @@ class BlockMaskSampler:
         return BlockMasks(torch.stack(trimmed), torch.stack(targets), t_shape, c_shape)
 
 
+def patch_content(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Pixel variance of every patch, over its channels and pixels: ``(B, C, H, W)`` -> ``(B, rows * cols)``, row-major."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // patch_size, patch_size, w // patch_size, patch_size)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch_size) * (w // patch_size), -1).var(-1, unbiased=False)
+
+
 class IJEPAMasks(nn.Module):
     """Batch transform adding I-JEPA masks: ``batch["context_idx"]`` ``(B, K_ctx)`` and ``batch["target_idx"]`` ``(B, M, K_tgt)``.
 
     Use it as the training dataset's ``gpu_transform`` (``sptrack.Module`` applies it to the
     collated batch on the device). Masks are drawn on the CPU from a private generator when
     ``seed`` is given (the same masks on every device), else from torch's global RNG.
+
+    Args:
+        sampler: the block sampler (its grid is the encoder's patch grid).
+        seed: seed of the private generator.
+        image_key: the batch entry whose first dimension is the batch size.
+        content_of: optional ``batch -> (B, C, H, W)`` images whose per-patch pixel variance weights the
+            target placement (:func:`patch_content` with ``patch_size``); None places targets uniformly.
+        patch_size: the encoder's patch side, needed with ``content_of``.
     """
 
-    def __init__(self, sampler: BlockMaskSampler, seed: int | None = None, image_key: str = "image"):
+    def __init__(self, sampler: BlockMaskSampler, seed: int | None = None, image_key: str = "image",
+                 content_of: Callable[[dict], torch.Tensor] | None = None, patch_size: int | None = None):
         super().__init__()
+        if content_of is not None and patch_size is None:
+            raise ValueError("content_of needs the encoder's patch_size.")
         self.sampler = sampler
         self.image_key = image_key
+        self.content_of = content_of
+        self.patch_size = patch_size
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def forward(self, batch: dict) -> dict:
         images = batch[self.image_key]
-        masks = self.sampler.sample(images.shape[0], self.generator)
+        content = None
+        if self.content_of is not None:
+            content = patch_content(self.content_of(batch).detach().float(), self.patch_size).cpu()
+        masks = self.sampler.sample(images.shape[0], self.generator, content)
         return {**batch, "context_idx": masks.context.to(images.device), "target_idx": masks.targets.to(images.device)}
