@@ -78,8 +78,10 @@ class Config(RecipeConfig):
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=30, check_val_every_n_epoch=5))
     optim: dict = field(
         default_factory=lambda: {
-            "backbone": OptimizerEntry(modules="student.backbone", type="AdamW", lr=5e-4, weight_decay=0.04),
-            "head": OptimizerEntry(modules="student.head", type="AdamW", lr=5e-4, weight_decay=0.04),
+            # Gradients clipped at norm 3.0, the paper's clip_grad (its code clips each parameter's norm; here each
+            # optimizer's global norm): validation split seeds 0, 1: 0.895, 0.8725 against 0.8825, 0.8525 without.
+            "backbone": OptimizerEntry(modules="student.backbone", type="AdamW", lr=5e-4, weight_decay=0.04, gradient_clip_val=3.0),
+            "head": OptimizerEntry(modules="student.head", type="AdamW", lr=5e-4, weight_decay=0.04, gradient_clip_val=3.0),
         }
     )
     probe_lr: float = 1e-3
