@@ -94,28 +94,35 @@ class BlockMaskSampler:
         w = min(cols, max(1, round(math.sqrt(area / ar))))
         return h, w
 
+    def _block(self, top: int, left: int, shape: tuple[int, int]) -> torch.Tensor:
+        """The flattened boolean mask of an ``(h, w)`` block whose top-left patch is ``(top, left)``."""
+        block = torch.zeros(self.grid, dtype=torch.bool)
+        block[top : top + shape[0], left : left + shape[1]] = True
+        return block.flatten()
+
     def _place(self, shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
         rows, cols = self.grid
         h, w = shape
         top = int(torch.randint(0, rows - h + 1, (1,), generator=generator))
         left = int(torch.randint(0, cols - w + 1, (1,), generator=generator))
-        block = torch.zeros(rows, cols, dtype=torch.bool)
-        block[top : top + h, left : left + w] = True
-        return block.flatten()
+        return self._block(top, left, shape)
 
-    def _place_by_content(self, shape: tuple[int, int], content: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """A block placed with probability proportional to the ``content`` ``(rows, cols)`` it covers (uniform if none)."""
-        rows, cols = self.grid
+    def placement_mass(self, shape: tuple[int, int], content: torch.Tensor) -> torch.Tensor:
+        """Content covered by every placement of an ``(h, w)`` block: ``(rows - h + 1) * (cols - w + 1)``, row-major.
+
+        ``content`` is ``(rows, cols)``; the sums come from its summed-area table.
+        """
         h, w = shape
-        corner = F.pad(content.double().cumsum(0).cumsum(1), (1, 0, 1, 0))  # summed-area table
-        mass = corner[h:, w:] - corner[:-h, w:] - corner[h:, :-w] + corner[:-h, :-w]  # (rows - h + 1, cols - w + 1)
-        mass = mass.clamp_min(0).flatten()
+        corner = F.pad(content.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+        mass = corner[h:, w:] - corner[:-h, w:] - corner[h:, :-w] + corner[:-h, :-w]
+        return mass.clamp_min(0).flatten()
+
+    def _place_by_mass(self, shape: tuple[int, int], mass: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A block placed with probability proportional to ``mass`` (:meth:`placement_mass`; uniform if it is all zero)."""
         if not float(mass.sum()) > 0:
             return self._place(shape, generator)
-        top, left = divmod(int(torch.multinomial(mass, 1, generator=generator)), cols - w + 1)
-        block = torch.zeros(rows, cols, dtype=torch.bool)
-        block[top : top + h, left : left + w] = True
-        return block.flatten()
+        top, left = divmod(int(torch.multinomial(mass, 1, generator=generator)), self.grid[1] - shape[1] + 1)
+        return self._block(top, left, shape)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None, content: torch.Tensor | None = None) -> BlockMasks:
         """Masks for ``batch_size`` images (CPU tensors).
@@ -130,9 +137,10 @@ class BlockMaskSampler:
             raise ValueError(f"content must be (batch, {self.grid[0] * self.grid[1]}) per-patch weights, got {tuple(content.shape)}.")
         contexts, targets = [], []
         for i in range(batch_size):
-            weights = None if content is None else content[i].reshape(self.grid)
+            # one image's placement weights serve all its tries and target blocks
+            mass = None if content is None else self.placement_mass(t_shape, content[i].reshape(self.grid))
             for _ in range(self.max_tries):
-                blocks = [self._place(t_shape, g) if weights is None else self._place_by_content(t_shape, weights, g)
+                blocks = [self._place(t_shape, g) if mass is None else self._place_by_mass(t_shape, mass, g)
                           for _ in range(self.num_targets)]
                 covered = torch.stack(blocks).any(0)
                 context = self._place(c_shape, g) & ~covered
