@@ -15,18 +15,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from sptrack.methods.sigreg import global_sum
+from sptrack.parallel.collectives import global_sum, world_and_rank
 
 
 def _global_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All ranks' rows in rank order (gradients flow back to their owners) and where this rank's start."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    world, rank = world_and_rank()
+    if world == 1:
         return x, 0
     # Row counts as one small tensor collective (not all_gather_object: no pickling on every step).
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
     counts = [int(c) for c in sizes]
-    start = sum(counts[: dist.get_rank()])
+    start = sum(counts[:rank])
     # A sum of zero-padded blocks instead of all_gather: the autograd all_reduce is what gloo supports.
     padded = x.new_zeros(sum(counts), x.shape[1])
     padded = padded.index_copy(0, torch.arange(start, start + len(x), device=x.device), x)

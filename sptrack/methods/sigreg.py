@@ -30,11 +30,11 @@ identical on every rank without communication, and reproducible on resume.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from sptrack.errors import ConfigError
 from sptrack.methods.characteristic import uniform_grid_sums
+from sptrack.parallel.collectives import global_sum
 
 
 def trapezoid_half_line(knots: int, t_max: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,15 +54,6 @@ def trapezoid_half_line(knots: int, t_max: float) -> tuple[torch.Tensor, torch.T
     weights[0] = dt
     weights[-1] = dt
     return t, weights
-
-
-def global_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks with gradients flowing back to every rank (identity on one process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
 
 
 class EppsPulley(nn.Module):
