@@ -184,3 +184,8 @@ def test_two_process_sigreg_equals_one_process_on_the_whole_batch(tmp_path):
     z_all = torch.randn(4, 64, 16, generator=g, dtype=torch.float64) * 1.3 + 0.2  # the worker's batch
     halves = (KoLeo()(z_all[:2, :32]) + KoLeo()(z_all[:2, 32:])) / 2
     assert not torch.allclose(halves, ref["koleo"], rtol=1e-3)
+    # The group is really gone once destroyed (nothing holds it after SIGReg's and KoLeo's collectives):
+    # gloo's threads have ended, so none is left to abort the rank at interpreter exit.
+    for res in ranks:
+        before, in_group, after = res["threads"]
+        assert in_group > before and after == before, res["threads"]

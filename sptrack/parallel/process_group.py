@@ -1,10 +1,14 @@
 """The end of the default process group: destroyed before interpreter exit, after a barrier.
 
-Left to interpreter exit, a gloo group's C++ threads are torn down by static destructors in no set
-order, and a rank aborted now and then ("terminate called without an active exception") after its
-work had succeeded: about one 2-process sweep in four (0 of 24 once the sweep closed its group
-with :func:`close_default_group`), and one 2-process DDP training in four through the CLI, whose
-group Lightning creates and leaves to an ``atexit`` hook that destroys it without a barrier.
+A gloo group alive at interpreter exit keeps its worker threads, and one of them releasing a tensor
+(which needs the GIL) while the interpreter finalises is ended mid-destructor: the rank aborts after
+its work succeeded ("terminate called without an active exception"). This happened to about one
+2-process sweep in four (0 of 24 once the sweep closed its group with :func:`close_default_group`),
+and to one 2-process DDP training in four through the CLI, whose group Lightning creates and leaves
+to an ``atexit`` hook that destroys it without a barrier. Destroying only ends the threads when
+nothing else holds the group: :func:`sptrack.parallel.collectives.global_sum` holds none; under
+FSDP2, DTensor's own caches (redistribution planners, mesh topology) keep the device mesh and its
+groups alive, so there the threads live on, idle, to interpreter exit.
 """
 
 from __future__ import annotations

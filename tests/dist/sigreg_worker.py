@@ -1,7 +1,9 @@
 """SIGReg / LeJEPA loss, KoLeo and I-JEPA's PositionCenter on this rank's share of a fixed global batch; writes values and gradients.
 
 Run under torchrun (gloo) or alone (the whole batch). Rank r of W takes rows [r*N/W, (r+1)*N/W) of
-every view.
+every view. Also records this process's thread count before the group and after destroying it: a
+group something still holds keeps gloo's threads alive into interpreter exit, where they can abort
+the rank.
 """
 
 import os
@@ -17,8 +19,10 @@ torch.set_num_threads(1)
 out = sys.argv[1]
 world = int(os.environ.get("WORLD_SIZE", "1"))
 rank = int(os.environ.get("RANK", "0"))
+threads_before = len(os.listdir("/proc/self/task"))
 if world > 1:
     dist.init_process_group("gloo")
+threads_in_group = len(os.listdir("/proc/self/task"))
 
 g = torch.Generator().manual_seed(0)
 z_all = torch.randn(4, 64, 16, generator=g, dtype=torch.float64) * 1.3 + 0.2  # (views, N, dim)
@@ -37,9 +41,11 @@ center = PositionCenter(5, 3, momentum=0.75).double()
 centered = center(tokens[0, rows])  # the first batch sets the centre to its global mean
 center.update(tokens[0, rows])
 center.update(tokens[1, rows])
-torch.save({"center": center.center, "centered": centered, "sigreg": sig.detach(), "grad": z.grad, "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(),
-            "lejepa_grad": z2.grad, "koleo": koleo.detach(), "koleo_grad": z3.grad,
-            "world": world}, f"{out}/rank{rank}.pt")
+results = {"center": center.center, "centered": centered, "sigreg": sig.detach(), "grad": z.grad,
+           "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(), "lejepa_grad": z2.grad,
+           "koleo": koleo.detach(), "koleo_grad": z3.grad, "world": world}
 if world > 1:
     dist.barrier()  # every rank's collectives done before the group goes
     dist.destroy_process_group()
+results["threads"] = (threads_before, threads_in_group, len(os.listdir("/proc/self/task")))
+torch.save(results, f"{out}/rank{rank}.pt")
