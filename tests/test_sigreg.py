@@ -152,6 +152,18 @@ def test_bad_settings_name_the_key(kwargs, key):
     assert key in str(err.value)
 
 
+def test_sum_over_ranks_alone_returns_copies_in_their_shapes():
+    from sptrack.parallel.collectives import sum_over_ranks
+
+    total, count = torch.arange(6.0).reshape(2, 3), torch.tensor(4.0)
+    out_total, out_count = sum_over_ranks(total, count)
+    assert torch.equal(out_total, total) and out_total.shape == (2, 3) and out_count.shape == () and out_count.item() == 4.0
+    out_total.add_(1)
+    assert total[0, 0].item() == 0.0  # a copy, not a view of the input
+    with pytest.raises(TypeError, match="one dtype"):
+        sum_over_ranks(total, torch.tensor(4, dtype=torch.int64))
+
+
 def test_two_process_sigreg_equals_one_process_on_the_whole_batch(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     single.mkdir()
@@ -174,9 +186,20 @@ def test_two_process_sigreg_equals_one_process_on_the_whole_batch(tmp_path):
         # I-JEPA's PositionCenter: the global batch mean, the same centre on every rank.
         assert torch.allclose(res["center"], ref["center"], rtol=1e-12, atol=1e-15)
         assert torch.allclose(res["centered"], ref["centered"][rows], rtol=1e-12, atol=1e-15)
+        # DINO's centre: the global batch mean of the teacher outputs (sum and count in one all-reduce).
+        assert torch.allclose(res["dino_center"], ref["dino_center"], rtol=1e-6, atol=1e-7)
     # The invariance term is a per-sample mean: the rank average is the global value.
     assert torch.allclose((ranks[0]["lejepa"] + ranks[1]["lejepa"]) / 2, ref["lejepa"], rtol=1e-10)
     assert ref["grad"].abs().max() > 1e-4 and ref["koleo_grad"].abs().max() > 1e-4  # the comparison can fail
+    # The centres by hand: an EMA (momentum 0.8, from zero) of the mean over both global views and all 64 rows.
+    g = torch.Generator().manual_seed(0)
+    torch.randn(4, 64, 16, generator=g, dtype=torch.float64)  # the worker's draws, in its order
+    torch.randn(2, 64, 5, 3, generator=g, dtype=torch.float64)
+    teacher_out = torch.randn(2, 2, 64, 6, generator=g)
+    expected = torch.zeros(1, 6)
+    for step in teacher_out:
+        expected = 0.8 * expected + 0.2 * step.reshape(-1, 6).mean(0, keepdim=True)
+    assert torch.allclose(ref["dino_center"], expected, rtol=1e-6, atol=1e-7) and expected.abs().max() > 1e-2
     # ... and it would with each rank's own rows only: KoLeo on one half of the batch is another value.
     from sptrack.methods import KoLeo
 

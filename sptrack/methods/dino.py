@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from sptrack.parallel.collectives import sum_over_ranks
 
 
 def teacher_temperature(progress: float, start: float = 0.04, end: float = 0.07, warmup: float = 0.3) -> float:
@@ -75,10 +76,6 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher: Sequence[torch.Tensor]) -> None:
         """``c <- m c + (1 - m) mean(teacher outputs)``, the mean taken over the global batch."""
-        stacked = torch.cat([t.detach() for t in teacher])
-        total = stacked.sum(dim=0, keepdim=True)
-        count = torch.tensor([float(len(stacked))], device=stacked.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
+        stacked = torch.cat([t.detach() for t in teacher]).to(self.center.dtype)  # half-precision sums lose counts
+        total, count = sum_over_ranks(stacked.sum(dim=0, keepdim=True), stacked.new_tensor([float(len(stacked))]))
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1.0 - self.center_momentum)

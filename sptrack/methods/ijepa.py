@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from sptrack.parallel.collectives import sum_over_ranks
 
 
 def gather_tokens(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -74,10 +75,7 @@ class PositionCenter(nn.Module):
     def update(self, tokens: torch.Tensor) -> None:
         """Fold the global batch's per-position mean of ``tokens`` into the centre."""
         total = tokens.detach().to(self.center.dtype).sum(0)
-        count = torch.tensor(float(tokens.shape[0]), device=tokens.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
+        total, count = sum_over_ranks(total, total.new_tensor(float(tokens.shape[0])))
         mean = total / count
         if bool(self.initialised):
             self.center.mul_(self.momentum).add_(mean, alpha=1.0 - self.momentum)

@@ -30,6 +30,21 @@ def gather_objects(obj: Any) -> list:
     return out
 
 
+@torch.no_grad()
+def sum_over_ranks(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor summed over ranks, all in one all-reduce of their concatenation (no gradient).
+
+    The tensors must share a dtype (a count goes in as a one-element tensor of that dtype); they are
+    returned as new tensors of their own shapes, in order. Without a process group: copies.
+    """
+    if len({t.dtype for t in tensors}) > 1:
+        raise TypeError(f"sum_over_ranks needs one dtype, got {sorted(str(t.dtype) for t in tensors)}")
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    if world_and_rank()[0] > 1:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return [piece.view_as(t) for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
 class _SumOverRanks(torch.autograd.Function):
     """Sum over the ranks of the default group; the backward sums the incoming gradients the same way.
 

@@ -1,4 +1,4 @@
-"""SIGReg / LeJEPA loss, KoLeo and I-JEPA's PositionCenter on this rank's share of a fixed global batch; writes values and gradients.
+"""SIGReg / LeJEPA loss, KoLeo, I-JEPA's PositionCenter and DINO's centre on this rank's share of a fixed global batch; writes values and gradients.
 
 Run under torchrun (gloo) or alone (the whole batch). Rank r of W takes rows [r*N/W, (r+1)*N/W) of
 every view. Also records this process's thread count before the group and after destroying it: a
@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from sptrack.methods import KoLeo, LeJEPALoss, SIGReg
+from sptrack.methods import DINOLoss, KoLeo, LeJEPALoss, SIGReg
 from sptrack.methods.ijepa import PositionCenter
 
 torch.set_num_threads(1)
@@ -41,9 +41,13 @@ center = PositionCenter(5, 3, momentum=0.75).double()
 centered = center(tokens[0, rows])  # the first batch sets the centre to its global mean
 center.update(tokens[0, rows])
 center.update(tokens[1, rows])
+teacher_out = torch.randn(2, 2, 64, 6, generator=g)  # two steps of two global views, N=64, 6 prototypes
+dino = DINOLoss(out_dim=6, center_momentum=0.8)
+for step in teacher_out:
+    dino.update_center([view[rows] for view in step])
 results = {"center": center.center, "centered": centered, "sigreg": sig.detach(), "grad": z.grad,
            "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(), "lejepa_grad": z2.grad,
-           "koleo": koleo.detach(), "koleo_grad": z3.grad, "world": world}
+           "koleo": koleo.detach(), "koleo_grad": z3.grad, "dino_center": dino.center, "world": world}
 if world > 1:
     dist.barrier()  # every rank's collectives done before the group goes
     dist.destroy_process_group()
