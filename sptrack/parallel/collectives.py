@@ -2,7 +2,8 @@
 
 Checkpoint state that differs per rank (generators, unsynchronised gradients) is gathered to every
 rank with these, so that rank 0, which alone writes the checkpoint, holds all of it; losses computed
-on the global batch (SIGReg, KoLeo) sum over ranks with gradients through :func:`global_sum`.
+on the global batch (SIGReg, KoLeo) sum over ranks with gradients through :func:`global_sum`;
+global-batch statistics (DINO's and I-JEPA's centres) through :func:`sum_over_ranks`.
 """
 
 from __future__ import annotations
