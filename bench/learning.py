@@ -4,7 +4,7 @@
                              [--probe-every K] [--threads 2] [--override dino:trainer.max_epochs=6]
 
 Each recipe in ``recipes/`` trains with its defaults (``trainer.max_epochs`` of each recipe's Config, currently
-DINO 30, I-JEPA 8, LeJEPA 25; each times ``--epochs-scale``, rounded, at least 1; the learning-rate and EMA
+DINO 30, I-JEPA 8, LeJEPA 27; each times ``--epochs-scale``, rounded, at least 1; the learning-rate and EMA
 schedules follow the shortened length) once per training seed of ``--seeds`` (default 0,1,2: no single-seed
 headline), which sets ``trainer.seed`` (over any ``--override`` of it). The train/held-out split comes from
 ``data.split_seed``, apart from it, so every seed is scored on the same held-out images. The runs go one after

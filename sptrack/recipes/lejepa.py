@@ -51,8 +51,9 @@ class Config(RecipeConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     lejepa: LeJEPAConfig = field(default_factory=LeJEPAConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="mnist5k", batch_size=128))
-    # Online kNN / RankMe every 5 epochs: each pass embeds all 5,000 images.
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=25, check_val_every_n_epoch=5))
+    # 27 epochs fit the 6-minute budget (README, "Measured here"; validation split, seeds 0 and 1: 0.935 and 0.92
+    # against 0.9075 and 0.895 for 25). Online kNN / RankMe at epochs 9, 18, 27: each pass embeds all 5,000 images.
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=27, check_val_every_n_epoch=9))
     optim: dict = field(
         default_factory=lambda: {
             "backbone": OptimizerEntry(modules="encoder.backbone", type="AdamW", lr=5e-3, weight_decay=0.05),
