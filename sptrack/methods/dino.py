@@ -76,6 +76,7 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher: Sequence[torch.Tensor]) -> None:
         """``c <- m c + (1 - m) mean(teacher outputs)``, the mean taken over the global batch."""
-        stacked = torch.cat([t.detach() for t in teacher]).to(self.center.dtype)  # half-precision sums lose counts
-        total, count = sum_over_ranks(stacked.sum(dim=0, keepdim=True), stacked.new_tensor([float(len(stacked))]))
+        stacked = torch.cat([t.detach() for t in teacher])
+        total = stacked.sum(dim=0, keepdim=True, dtype=self.center.dtype)  # not in half precision: counts would round
+        total, count = sum_over_ranks(total, total.new_tensor([float(len(stacked))]))
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1.0 - self.center_momentum)

@@ -53,9 +53,7 @@ class _SumOverRanks(torch.autograd.Function):
     ``group`` default when it is first imported, so imported after ``init_process_group`` it holds the
     live default group for good. ``destroy_process_group`` then frees nothing, gloo's threads outlive
     the group, and one of them dropping its last tensor while the interpreter finalises aborts the
-    rank after its work succeeded ("terminate called without an active exception"): 20 of 170
-    two-process SIGReg/KoLeo runs with two running at once here, 0 of 100 with this function. It
-    looks the group up at every call.
+    rank after its work succeeded (README, "Launching"). This one looks the group up at every call.
     """
 
     @staticmethod

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from sptrack.methods import DINOLoss, KoLeo, LeJEPALoss, SIGReg
 from sptrack.methods.ijepa import PositionCenter
+from sptrack.parallel.process_group import close_default_group
 
 torch.set_num_threads(1)
 out = sys.argv[1]
@@ -48,8 +49,6 @@ for step in teacher_out:
 results = {"center": center.center, "centered": centered, "sigreg": sig.detach(), "grad": z.grad,
            "lejepa": lejepa.loss.detach(), "invariance": lejepa.invariance.detach(), "lejepa_grad": z2.grad,
            "koleo": koleo.detach(), "koleo_grad": z3.grad, "dino_center": dino.center, "world": world}
-if world > 1:
-    dist.barrier()  # every rank's collectives done before the group goes
-    dist.destroy_process_group()
+close_default_group()  # after a barrier: every rank's collectives done before the group goes
 results["threads"] = (threads_before, threads_in_group, len(os.listdir("/proc/self/task")))
 torch.save(results, f"{out}/rank{rank}.pt")
