@@ -124,6 +124,24 @@ def write_json(name: str, data: dict, out_dir: Path = RESULTS_DIR) -> Path:
     return path
 
 
+def two_form_main(argv, doc: str, name: str, measure_all: Callable[[int], dict], markdown: Callable[[dict, int], str],
+                  **extra) -> int:
+    """The command line of a side-by-side benchmark of two forms of one computation (``bench/sigreg.py``,
+    ``bench/cnn_layout.py``): ``--out DIR [--rounds 7] [--quick]`` (2 rounds). ``measure_all(rounds)`` returns the
+    results; they are written with ``markdown(results, rounds)`` and ``extra`` to ``DIR/<name>.json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="2 rounds")
+    args = parser.parse_args(argv)
+    rounds = 2 if args.quick else args.rounds
+    results = measure_all(rounds)
+    write_json(name, {"rounds": rounds, **extra, "results": results, "markdown": markdown(results, rounds)}, args.out)
+    return 0
+
+
 def save_figure(fig, path) -> None:
     """Lay out ``fig``, write it to ``path`` as a PNG and free it."""
     import matplotlib.pyplot as plt

@@ -3,7 +3,7 @@
     python bench/run.py                        # all but sweeps, about 35 minutes on 2 CPU cores
     python bench/run.py --only sweeps          # the repeated-study pruning benchmark alone (~75 minutes)
     python bench/run.py --quick                # a few rounds of each, sweeps included, for development (~5 minutes)
-    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, sigreg, learning, sweeps, loader, preset
+    python bench/run.py --only overhead,cli    # a subset: overhead, cli, tracker, comm, sigreg, cnn, learning, sweeps, loader, preset
     python bench/run.py --report-only          # re-render RESULTS.md from the JSON already there
 
 Each benchmark runs in its own process (its own thread settings, imports and memory) and writes its
@@ -33,9 +33,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-ALL = ("overhead", "cli", "tracker", "comm", "sigreg", "learning", "sweeps", "loader", "preset")
+ALL = ("overhead", "cli", "tracker", "comm", "sigreg", "cnn", "learning", "sweeps", "loader", "preset")
 #: What a full run without --only measures (sweeps: ~75 minutes alone).
-DEFAULT = ("overhead", "cli", "tracker", "comm", "sigreg", "learning", "loader", "preset")
+DEFAULT = ("overhead", "cli", "tracker", "comm", "sigreg", "cnn", "learning", "loader", "preset")
 #: Full mode: the recipes' schedules times this (bench/learning.py, 3 seeds: ~20 of the 35 minutes at 0.5).
 LEARNING_EPOCHS_SCALE = 0.5
 
@@ -53,6 +53,8 @@ def commands(quick: bool, out: Path, threads: int, epochs_scale: float = LEARNIN
         "comm": [py, str(BENCH / "comm.py"), "--out", str(out), *q],
         # SIGReg's sums, knot recurrence vs cos/sin written out, at 1 and 2 threads (sets its own).
         "sigreg": [py, str(BENCH / "sigreg.py"), "--out", str(out), *q],
+        # SmallCNN's channels-last against contiguous layout, at 1 and 2 threads (sets its own).
+        "cnn": [py, str(BENCH / "cnn_layout.py"), "--out", str(out), *q],
         # The DINO ViT-S/16 preset's CPU step time on generated shards (bench/gpu.sh runs it on a GPU).
         "preset": [py, str(BENCH / "preset_steps.py"), "--out", str(out), *(["--steps", "1", "--warmup", "1"] if quick else [])],
     }
@@ -163,7 +165,7 @@ def tracker_md(data: dict) -> list[str]:
 
 
 def comm_md(data: dict) -> list[str]:
-    """The section a benchmark wrote into its JSON (bench/comm.py, bench/sigreg.py)."""
+    """The section a benchmark wrote into its JSON (bench/comm.py, bench/sigreg.py, bench/cnn_layout.py)."""
     return [data["markdown"].rstrip(), ""]
 
 
@@ -196,7 +198,7 @@ def render(out: Path, status: dict) -> Path:
     if env:
         lines += [f"Machine: {env['cpus']} CPUs, 1-minute load {env['load_1min']:.2f} at the start, Python {env['python']}, torch {env['torch']}.", ""]
     sections = [("overhead", overhead_md), ("cli_startup", cli_md), ("tracker_cost", tracker_md), ("comm", comm_md), ("sigreg", comm_md),
-                ("gpu_throughput", gpu_md), ("preset_steps_cpu", preset_md), ("preset_steps_cuda", preset_md)]
+                ("cnn_layout", comm_md), ("gpu_throughput", gpu_md), ("preset_steps_cpu", preset_md), ("preset_steps_cuda", preset_md)]
     for name, fn in sections:
         data = _load(out, name)
         if data is not None:

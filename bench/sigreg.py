@@ -13,8 +13,6 @@ float32) is recorded. Writes ``DIR/sigreg.json`` with a ``"markdown"`` section f
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -83,24 +81,19 @@ def markdown(results: dict, rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="2 rounds")
-    args = parser.parse_args(argv)
-    rounds = 2 if args.quick else args.rounds
+def measure_all(rounds: int) -> dict:
+    """Every shape at 1 and 2 threads, printed as it is measured."""
     results = {}
     for name, shape in SHAPES.items():
         for threads in (1, 2):
             results[f"{name} @ {threads}"] = r = measure(shape, threads, rounds)
             print(f"{name}, {threads} thread(s): direct {r['ms']['direct']} ms, recurrence {r['ms']['recurrence']} ms, "
                   f"speed-up {r['speedup_median']}x", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = {"rounds": rounds, "knots": KNOTS, "results": results, "markdown": markdown(results, rounds),
-            "environment": common.environment()}
-    (args.out / "sigreg.json").write_text(json.dumps(data, indent=2))
-    return 0
+    return results
+
+
+def main(argv=None) -> int:
+    return common.two_form_main(argv, __doc__, "sigreg", measure_all, markdown, knots=KNOTS)
 
 
 if __name__ == "__main__":

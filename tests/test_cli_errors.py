@@ -105,7 +105,8 @@ CASES = [
     ([IJEPA, "ijepa.target_placement=contnet", "--dry-run"], "ijepa.target_placement", "Did you mean 'content'"),
     ([IJEPA, "ijepa.sigreg_weight=1.5", "--dry-run"], "ijepa.sigreg_weight", "[0, 1)"),
     ([DINO, "dino.koleo_weight=-0.1", "--dry-run"], "dino.koleo_weight", "finite number >= 0"),
-    ([DINO, "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",
+    ([DINO, "model.cnn_depths=(2, 2)", "--dry-run"], "model.cnn_depths", "for each of the 3 stages"),
+    ([DINO, "model.backbone=vit", "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",
      "30 is not a multiple of model.patch_size=4. Use e.g. data.image_size=28 or 32."),
     # optim.*
     ([DINO, "optim.head.lr=0", "--dry-run"], "optim.head.lr", "> 0"),

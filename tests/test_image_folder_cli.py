@@ -25,9 +25,11 @@ RECIPES = {
     "ijepa": [*TINY, "model.predictor_dim=16", "model.predictor_depth=1", "model.predictor_heads=2"],
     "lejepa": [*TINY, "model.proj_hidden_dim=64", "model.proj_dim=16", "lejepa.n_local=2", "lejepa.num_slices=64"],
 }
-#: Each recipe's patch embedding in its checkpoint: (embed_dim, channels, patch, patch).
-PATCH_EMBED = {"dino": "student.backbone.patch_embed.weight", "ijepa": "encoder.patch_embed.weight",
-               "lejepa": "encoder.backbone.patch_embed.weight"}
+#: Each recipe's first layer in its checkpoint and that weight's shape: 3 channels in, the photos are RGB. DINO's
+#: default backbone is the small CNN (first stage 16 channels, 3x3), the others' a ViT (embed_dim 32, 4x4 patches).
+FIRST_LAYER = {"dino": ("student.backbone.features.0.weight", (16, 3, 3, 3)),
+               "ijepa": ("encoder.patch_embed.weight", (32, 3, 4, 4)),
+               "lejepa": ("encoder.backbone.patch_embed.weight", (32, 3, 4, 4))}
 
 
 def _photos(root: Path) -> Path:
@@ -107,4 +109,5 @@ def test_photos_train_every_recipe_from_every_source_and_report_the_held_out_pro
     # 19 training photos, batches of 8 (or 2 ranks x 4), the last partial batch dropped: 2 steps.
     assert re.search(r"global_step\W+2\b", proc.stdout), proc.stdout[-3000:]
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    assert state[PATCH_EMBED[name]].shape == (32, 3, 4, 4)  # 3 channels in: the photos are RGB
+    key, shape = FIRST_LAYER[name]
+    assert state[key].shape == shape
