@@ -24,7 +24,7 @@ TIMEOUT_S = 240
 
 #: Tiny configs: 10 batches per epoch, 2 epochs, a checkpoint every 3 optimizer steps.
 TINY = {
-    "dino": ["data.subset=320", "data.batch_size=32", "model.depth=1", "model.out_dim=64"],
+    "dino": ["data.subset=320", "data.batch_size=32", "model.cnn_widths=(8, 16)", "model.out_dim=64"],
     "lejepa": ["data.subset=320", "data.batch_size=32", "model.depth=1", "lejepa.num_slices=64", "lejepa.n_local=2"],
     "ijepa": ["data.subset=320", "data.batch_size=32", "model.depth=1", "model.predictor_depth=1"],
 }

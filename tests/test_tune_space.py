@@ -138,5 +138,5 @@ def test_cli_rejects_bad_sweep_input_before_training(tmp_path, capsys):
     assert "LOW > 0" in capsys.readouterr().err
     assert main([*base, "--sweep", "--dry-run", "--trials", "4"]) == 0
     out = capsys.readouterr().out
-    assert "4 trials" in out and "optim.head.lr: log-uniform 5e-05..0.005" in out and "optim.head.frequency: choice [1, 2]" in out
+    assert "4 trials" in out and "optim.head.lr: log-uniform 0.0004..0.04" in out and "optim.head.frequency: choice [1, 2]" in out
     assert not (tmp_path / "dino").exists()  # nothing created
