@@ -61,6 +61,9 @@ class SmallCNN(nn.Module):
         """``(B, in_chans, H, W) -> (B, embed_dim)``."""
         # The layout is set on the first convolution's output: with one input channel (MNIST) the input's
         # strides fit both layouts, and the convolutions would then stay contiguous.
-        x = self.features[0](x).contiguous(memory_format=self.memory_format)
-        x = self.pool(self.features[1:](x)).flatten(1)
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == 0:
+                x = x.contiguous(memory_format=self.memory_format)
+        x = self.pool(x).flatten(1)
         return self.fc(x) if self.fc is not None else x
