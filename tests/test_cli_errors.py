@@ -19,6 +19,8 @@ from track_helpers.mlflow_server import free_port
 ROOT = Path(__file__).resolve().parents[1]
 DINO = str(ROOT / "recipes" / "dino.py")
 IJEPA = str(ROOT / "recipes" / "ijepa.py")
+# One xdist worker runs this module (pyproject's --dist loadgroup), so its module fixture is built once.
+pytestmark = pytest.mark.xdist_group("cli-errors")
 TINY_SWEEP = str(ROOT / "tests" / "tune_helpers" / "tiny_recipe.py")
 #: A few steps of DINO on synthetic images, for the cases that only fail once training starts.
 SHORT = ["data.dataset=synthetic", "data.subset=64", "data.batch_size=32", "model.cnn_widths=(8, 16)", "model.embed_dim=32",
@@ -104,6 +106,9 @@ CASES = [
     ([IJEPA, "ijepa.sigreg_on=token", "--dry-run"], "ijepa.sigreg_on", "Did you mean 'tokens'"),
     ([IJEPA, "ijepa.target_placement=contnet", "--dry-run"], "ijepa.target_placement", "Did you mean 'content'"),
     ([IJEPA, "ijepa.sigreg_weight=1.5", "--dry-run"], "ijepa.sigreg_weight", "[0, 1)"),
+    ([IJEPA, "ijepa.views=0", "--dry-run"], "ijepa.views", "whole number >= 1"),
+    ([IJEPA, "ijepa.evaluate=contxt", "--dry-run"], "ijepa.evaluate", "Did you mean 'context'"),
+    ([IJEPA, "ijepa.prediction_weight=0", "--dry-run"], "ijepa.prediction_weight", "only SIGReg would train"),
     ([DINO, "dino.koleo_weight=-0.1", "--dry-run"], "dino.koleo_weight", "finite number >= 0"),
     ([DINO, "model.cnn_depths=(2, 2)", "--dry-run"], "model.cnn_depths", "for each of the 3 stages"),
     ([DINO, "model.backbone=vit", "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",

@@ -28,6 +28,8 @@ from sptrack.tune.tracking import PARENT_ATTR, TAG_PARAM, TAG_STATE, TAG_STUDY, 
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RECIPE = str(ROOT / "tests" / "tune_helpers" / "tiny_recipe.py")
+# One xdist worker runs this module (pyproject's --dist loadgroup), so its module fixture is built once.
+pytestmark = pytest.mark.xdist_group("postgres")
 
 
 def _retried(trial):
@@ -232,14 +234,22 @@ def test_admission_on_a_postgres_study_waits_for_the_server_side_lock(postgres, 
     url = postgres.url("optuna")
     args = [TINY_RECIPE, f"trainer.output_dir={tmp_path}", "--tracker", "none", "--sweep", "--storage", url, "--study", "pg-lock",
             "--pruner", "none", "--trials", "1"]
+    # One storage (one small connection pool) for all the polling: a new one per poll would pile up
+    # connections until the garbage collector closes them, against the server's max_connections.
+    watcher = optuna.storages.RDBStorage(url)
+
+    def said() -> str:
+        return out.read_text(errors="replace")[-4000:] + "\n--- postgres log ---\n" + postgres.log_tail(2000)
+
     with admission_lock(resolve_storage(url, str(tmp_path)), "pg-lock"):
         proc, out = _start(args, tmp_path, "blocked")
         deadline = time.monotonic() + 120
-        while "pg-lock" not in optuna.get_all_study_names(url):
-            assert proc.poll() is None and time.monotonic() < deadline, out.read_text(errors="replace")[-4000:]
+        while "pg-lock" not in optuna.get_all_study_names(watcher):
+            assert proc.poll() is None and time.monotonic() < deadline, said()
             time.sleep(0.2)
         time.sleep(3.0)  # the worker has had time to ask for a trial
-        assert proc.poll() is None and optuna.load_study(study_name="pg-lock", storage=url).trials == []
+        assert proc.poll() is None, said()
+        assert optuna.load_study(study_name="pg-lock", storage=watcher).trials == []
     text = _finish(proc, out)
     (trial,) = optuna.load_study(study_name="pg-lock", storage=url).trials
     assert trial.state == TrialState.COMPLETE and postgres.password not in text

@@ -157,3 +157,25 @@ def test_ijepa_departures_train_one_epoch_with_the_stated_loss(tmp_path):
     assert metrics["train/sigreg"] > 0 and metrics["train/prediction"] > 0
     center = experiment.module.target_center
     assert bool(center.initialised) and center.center.abs().sum() > 0 and center.center.shape == (49, 32)
+
+
+def test_ijepa_two_crops_train_one_epoch_with_the_stated_loss(tmp_path):
+    """Two crops per image, invariance of their projected pooled contexts and SIGReg on them:
+    loss = (1 - w) (p prediction + a invariance) + w SIGReg; the projector trains with the predictor's optimizer;
+    ``ijepa.evaluate=context`` exports the context encoder; momentum 0 to 0 leaves the teacher equal to the encoder."""
+    experiment, metrics = _fit_one_epoch("ijepa", [*TINY["ijepa"], "ijepa.views=2", "ijepa.invariance_weight=2.0",
+                                                   "ijepa.prediction_weight=0.5", "ijepa.projector_dim=8", "ijepa.sigreg_weight=0.25",
+                                                   "ijepa.sigreg_slices=32", "ijepa.evaluate=context", "ijepa.ema_base=0",
+                                                   "ijepa.ema_final=0"], tmp_path)
+    expected = 0.75 * (0.5 * metrics["train/prediction"] + 2.0 * metrics["train/invariance"]) + 0.25 * metrics["train/sigreg"]
+    assert math.isclose(metrics["train/loss"], expected, rel_tol=1e-5)
+    assert min(metrics["train/prediction"], metrics["train/invariance"], metrics["train/sigreg"]) > 0
+    module = experiment.module
+    assert experiment.encoder is module.encoder
+    (predictor_optimizer,) = [o for o in module.optimizers() if any(p is module.predictor.mask_token for g in o.param_groups
+                                                                      for p in g["params"])]
+    trained = {id(p) for g in predictor_optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in trained for p in module.projector.parameters())
+    assert module.projector[0].weight.shape == (32, 32)  # hidden 4 x 8, from the 32-d pooled context
+    for (name, mine), theirs in zip(module.encoder.state_dict().items(), module.teacher.module.state_dict().values()):
+        assert torch.equal(mine, theirs), name

@@ -166,7 +166,7 @@ class PostgresServer:
             self.proc = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
                  "-c", f"unix_socket_directories={self.root}", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "shared_buffers=32MB", "-c", "max_connections=60"],
+                 "-c", "full_page_writes=off", "-c", "shared_buffers=32MB", "-c", "max_connections=100"],
                 cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, **self._as_user,
             )
