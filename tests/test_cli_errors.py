@@ -19,8 +19,6 @@ from track_helpers.mlflow_server import free_port
 ROOT = Path(__file__).resolve().parents[1]
 DINO = str(ROOT / "recipes" / "dino.py")
 IJEPA = str(ROOT / "recipes" / "ijepa.py")
-# One xdist worker runs this module (pyproject's --dist loadgroup), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group("cli-errors")
 TINY_SWEEP = str(ROOT / "tests" / "tune_helpers" / "tiny_recipe.py")
 #: A few steps of DINO on synthetic images, for the cases that only fail once training starts.
 SHORT = ["data.dataset=synthetic", "data.subset=64", "data.batch_size=32", "model.cnn_widths=(8, 16)", "model.embed_dim=32",

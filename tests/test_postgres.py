@@ -28,8 +28,6 @@ from sptrack.tune.tracking import PARENT_ATTR, TAG_PARAM, TAG_STATE, TAG_STUDY, 
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_RECIPE = str(ROOT / "tests" / "tune_helpers" / "tiny_recipe.py")
-# One xdist worker runs this module (pyproject's --dist loadgroup), so its module fixture is built once.
-pytestmark = pytest.mark.xdist_group("postgres")
 
 
 def _retried(trial):
