@@ -212,24 +212,46 @@ def _stops_before_building(argv: list[str]) -> bool:
     return "--dry-run" in argv or ("--sweep" not in argv and SHORT[0] not in argv)
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    """Every case's outcome: those that stop before building anything in two interpreters (one per core), the others
-    (sweeps, training) each in its own, 3 at a time."""
-    from concurrent.futures import ThreadPoolExecutor
+class _Outcomes:
+    """Each case's outcome, computed when a test first asks for it. The cases that stop before building anything run
+    together, in two interpreters (one per core), at the first such request; every other case (sweeps, training) runs
+    in its own interpreter when its own test does. Under pytest-xdist a module's cases are split between the workers,
+    so computing them all up front would run every slow case on both."""
 
-    root = tmp_path_factory.mktemp("cases")
-    folders = [root / f"case-{i}" for i in range(len(CASES))]
-    dry = [i for i, (argv, _, _) in enumerate(CASES) if _stops_before_building(argv)]
-    results: dict[int, tuple] = {}
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    def __init__(self, root: Path):
+        self.root = root
+        self.results: dict[int, tuple] = {}
+        self.dry_failure: BaseException | None = None  # raised again for every dry case instead of rerunning them all
+
+    def __getitem__(self, index: int) -> tuple:
+        if index not in self.results:
+            argv = CASES[index][0]
+            if _stops_before_building(argv):
+                if self.dry_failure is None:
+                    try:
+                        self._run_all_dry()
+                    except BaseException as failure:
+                        self.dry_failure = failure
+                if self.dry_failure is not None:
+                    raise self.dry_failure
+            else:
+                self.results[index] = _run_case(argv, self.root / f"case-{index}")
+        return self.results[index]
+
+    def _run_all_dry(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        dry = [i for i, (argv, _, _) in enumerate(CASES) if _stops_before_building(argv)]
         halves = [dry[0::2], dry[1::2]]
-        batches = [pool.submit(_run_dry_cases, [(CASES[i][0], folders[i]) for i in half]) for half in halves]
-        singles = {i: pool.submit(_run_case, CASES[i][0], folders[i]) for i in range(len(CASES)) if i not in dry}
-        for half, batch in zip(halves, batches):
-            results.update(zip(half, batch.result()))
-        results.update({i: future.result() for i, future in singles.items()})
-    return [results[i] for i in range(len(CASES))]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            batches = [pool.submit(_run_dry_cases, [(CASES[i][0], self.root / f"case-{i}") for i in half]) for half in halves]
+            for half, batch in zip(halves, batches):
+                self.results.update(zip(half, batch.result()))
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> _Outcomes:
+    return _Outcomes(tmp_path_factory.mktemp("cases"))
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{i}:{c[1]}" for i, c in enumerate(CASES)])
