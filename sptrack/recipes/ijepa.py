@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from sptrack.errors import ConfigError
 from sptrack.recipe import DataConfig, OptimizerEntry, RecipeConfig, TrainerConfig
 from sptrack.recipe.presets import Preset
-from sptrack.recipe.validate import check_patch_divides, choice, fraction
+from sptrack.recipe.validate import check_patch_divides, choice, fraction, integer, non_negative
 
 #: ``ijepa.sigreg_on``: what SIGReg regularises, each image's mean context token or every context token.
 SIGREG_ON = ("pooled", "tokens")
@@ -112,16 +112,19 @@ class Config(RecipeConfig):
         choice("ijepa.sigreg_on", self.ijepa.sigreg_on, SIGREG_ON)
         choice("ijepa.target_placement", self.ijepa.target_placement, TARGET_PLACEMENTS)
         choice("ijepa.evaluate", self.ijepa.evaluate, EVALUATED)
-        if not isinstance(self.ijepa.views, int) or self.ijepa.views < 1:
-            raise ConfigError("ijepa.views", f"must be a whole number >= 1, got {self.ijepa.views!r}.", "Use 1 (the paper) or 2.")
-        for key in ("prediction_weight", "invariance_weight", "projector_dim"):
-            value = getattr(self.ijepa, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"ijepa.{key}", f"must be a number >= 0, got {value!r}.", "Use e.g. 1, or 0 to leave it out.")
-        if self.ijepa.prediction_weight == 0 and not (self.ijepa.views > 1 and self.ijepa.invariance_weight > 0):
+        j = self.ijepa
+        integer("ijepa.views", j.views, 1, "Use 1 (the paper) or 2.")
+        integer("ijepa.projector_dim", j.projector_dim, 0, "Use e.g. 64, or 0 for none.")
+        non_negative("ijepa.prediction_weight", j.prediction_weight, "Use e.g. 1.")
+        non_negative("ijepa.invariance_weight", j.invariance_weight, "Use e.g. 1, or 0 to leave it out.")
+        invariance = j.views > 1 and j.invariance_weight > 0
+        if j.prediction_weight == 0 and not invariance:
             raise ConfigError("ijepa.prediction_weight", "is 0 and there is no invariance term: only SIGReg would train the encoder.",
                               "Keep it above 0, or set ijepa.views=2 and ijepa.invariance_weight above 0.")
-
+        if j.projector_dim and not (invariance or (j.sigreg_weight > 0 and j.sigreg_on == "pooled")):
+            # An unused projector would also stop DDP, whose reducer expects a gradient for every parameter.
+            raise ConfigError("ijepa.projector_dim", "is set but nothing reads the projection (no invariance term, no pooled SIGReg).",
+                              "Set ijepa.projector_dim=0, or ijepa.views=2 with ijepa.invariance_weight above 0.")
 
 PRESETS = {
     "vit_b16_imagenet": Preset(
@@ -174,10 +177,13 @@ def build(cfg: Config):
     encoder = make_encoder()
     predictor = ViTPredictor(encoder.grid_size, m.embed_dim, m.predictor_dim, m.predictor_depth, m.predictor_heads)
 
+    def evaluated(module) -> nn.Module:
+        """The encoder probed and exported (``ijepa.evaluate``)."""
+        return module.teacher.module if j.evaluate == "target" else module.encoder
+
     def forward(self, batch, stage):
         if stage != "fit":
-            evaluated = self.teacher.module if j.evaluate == "target" else self.encoder
-            return {"embedding": evaluated(batch["image"]), "label": batch["label"]}
+            return {"embedding": evaluated(self)(batch["image"]), "label": batch["label"]}
         n, views = len(batch["label"]), len(batch["views"])
         # Every crop gets the image's masks: the crops go through the encoders as one batch of views * n.
         image = torch.cat(batch["views"])
@@ -225,8 +231,7 @@ def build(cfg: Config):
         EMAUpdate("encoder", "teacher"),
         *evaluation_callbacks(m.embed_dim, cfg.probe_lr, loaders),
     ]
-    evaluated = module.teacher.module if j.evaluate == "target" else module.encoder
     return Experiment(
         module=module, **experiment_loaders(loaders),
-        callbacks=callbacks, encoder=evaluated, encoder_factory=make_encoder, embed=lambda enc, x: enc(x),
+        callbacks=callbacks, encoder=evaluated(module), encoder_factory=make_encoder, embed=lambda enc, x: enc(x),
     )
