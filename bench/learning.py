@@ -4,7 +4,7 @@
                              [--probe-every K] [--threads 2] [--override dino:trainer.max_epochs=6]
 
 Each recipe in ``recipes/`` trains with its defaults (``trainer.max_epochs`` of each recipe's Config, currently
-DINO 30, I-JEPA 8, LeJEPA 27; each times ``--epochs-scale``, rounded, at least 1; the learning-rate and EMA
+DINO 30, I-JEPA 16, LeJEPA 27; each times ``--epochs-scale``, rounded, at least 1; the learning-rate and EMA
 schedules follow the shortened length) once per training seed of ``--seeds`` (default 0,1,2: no single-seed
 headline), which sets ``trainer.seed`` (over any ``--override`` of it). The train/held-out split comes from
 ``data.split_seed``, apart from it, so every seed is scored on the same held-out images. The runs go one after
@@ -60,8 +60,8 @@ common.add_repo_to_path()
 RECIPES = ("dino", "ijepa", "lejepa")
 #: Seconds per epoch alone on 2 cores with 2 threads (defaults, online evaluation included), for the estimate printed
 #: at the start, from the default commands measured on 2026-12-02 (this machine's speed varied by ~25 % that day):
-#: DINO 25 epochs in 289 s, LeJEPA 25 in 649 s, I-JEPA 8 in 89 s.
-SECONDS_PER_EPOCH = {"dino": 11.6, "ijepa": 11.1, "lejepa": 12.0}
+#: DINO 25 epochs in 289 s, LeJEPA 25 in 649 s; I-JEPA 16 in 365-370 s (2026-12-04, its multi-crop default).
+SECONDS_PER_EPOCH = {"dino": 11.6, "ijepa": 23.0, "lejepa": 12.0}
 ONLINE = ("eval/knn_acc", "eval/probe_acc", "eval/rankme")
 # Tiny models for --quick: only the pipeline is under test, not the numbers.
 QUICK_OVERRIDES = {

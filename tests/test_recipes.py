@@ -13,6 +13,7 @@ import torch
 from dist.launch import run
 from sptrack.recipe.config import apply_overrides
 from sptrack.recipe.loading import load_recipe
+from sptrack.recipes.ijepa import PAPER
 from sptrack.run.cli import main
 
 COMMON = ["data.dataset=synthetic", "data.subset=64", "data.batch_size=32", "data.val_batch_size=250",
@@ -25,6 +26,8 @@ STATE = {
     "ijepa": {"teacher.num_updates", "predictor.mask_token", "encoder.patch_embed.weight", "callbacks_modules.probe.linear.weight"},
     "lejepa": {"encoder.backbone.patch_embed.weight", "encoder.projector.0.weight", "callbacks_modules.probe.linear.weight"},
 }
+#: The I-JEPA recipe brought back to the paper's loss (its ``paper`` preset's method keys), as overrides.
+IJEPA_PAPER = [*TINY["ijepa"], *(f"{key}={value}" for key, value in PAPER.items())]
 OPTIMIZERS = {"ijepa": ("encoder", "predictor", "probe"), "lejepa": ("backbone", "projector", "probe")}
 
 
@@ -151,7 +154,7 @@ def test_dino_with_koleo_trains_one_epoch_with_the_stated_loss(tmp_path):
 
 def test_ijepa_departures_train_one_epoch_with_the_stated_loss(tmp_path):
     """I-JEPA with SIGReg on the pooled context and centred targets: loss = (1 - w) prediction + w SIGReg; the centre is kept."""
-    experiment, metrics = _fit_one_epoch("ijepa", [*TINY["ijepa"], "ijepa.sigreg_weight=0.25", "ijepa.center_targets=True",
+    experiment, metrics = _fit_one_epoch("ijepa", [*IJEPA_PAPER, "ijepa.sigreg_weight=0.25", "ijepa.center_targets=True",
                                                    "ijepa.sigreg_slices=32"], tmp_path)
     assert math.isclose(metrics["train/loss"], 0.75 * metrics["train/prediction"] + 0.25 * metrics["train/sigreg"], rel_tol=1e-5)
     assert metrics["train/sigreg"] > 0 and metrics["train/prediction"] > 0
@@ -163,7 +166,7 @@ def test_ijepa_two_crops_train_one_epoch_with_the_stated_loss(tmp_path):
     """Two crops per image, invariance of their projected pooled contexts and SIGReg on them:
     loss = (1 - w) (p prediction + a invariance) + w SIGReg; the projector trains with the predictor's optimizer;
     ``ijepa.evaluate=context`` exports the context encoder; momentum 0 to 0 leaves the teacher equal to the encoder."""
-    experiment, metrics = _fit_one_epoch("ijepa", [*TINY["ijepa"], "ijepa.views=2", "ijepa.invariance_weight=2.0",
+    experiment, metrics = _fit_one_epoch("ijepa", [*IJEPA_PAPER, "ijepa.views=2", "ijepa.invariance_weight=2.0",
                                                    "ijepa.prediction_weight=0.5", "ijepa.projector_dim=8", "ijepa.sigreg_weight=0.25",
                                                    "ijepa.sigreg_slices=32", "ijepa.evaluate=context", "ijepa.ema_base=0",
                                                    "ijepa.ema_final=0"], tmp_path)
@@ -179,3 +182,54 @@ def test_ijepa_two_crops_train_one_epoch_with_the_stated_loss(tmp_path):
     assert module.projector[0].weight.shape == (32, 32)  # hidden 4 x 8, from the 32-d pooled context
     for (name, mine), theirs in zip(module.encoder.state_dict().items(), module.teacher.module.state_dict().values()):
         assert torch.equal(mine, theirs), name
+
+
+class _FirstStep(pl.Callback):
+    """Keeps the first training batch (after the recipe's transforms) and copies of the encoder and projector before its step."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        import copy
+
+        if batch_idx == 0:
+            self.batch = {k: (list(v) if isinstance(v, list) else v.clone()) for k, v in batch.items()}
+            self.encoder, self.projector = copy.deepcopy(module.encoder), copy.deepcopy(module.projector)
+
+
+def test_ijepa_regularises_the_unmasked_crops_and_local_views(tmp_path):
+    """``ijepa.regularise=crop`` with local views: invariance reads an extra pass over the whole global crops plus the
+    local crops (not the masked contexts), through one projector call; loss = (1 - w)(p prediction + a invariance) + w SIGReg;
+    the context encoder is evaluated."""
+    from sptrack.methods import invariance_loss
+    from sptrack.module.trainer import Trainer
+    from sptrack.recipe.trainer_args import trainer_kwargs
+
+    recipe = load_recipe("recipes/ijepa.py")
+    cfg = recipe.default_config()
+    apply_overrides(cfg, [*TINY["ijepa"], "ijepa.views=2", "ijepa.local_views=2", "ijepa.local_size=12", "ijepa.regularise=crop",
+                          "ijepa.invariance_weight=2.0", "ijepa.prediction_weight=0.5", "ijepa.projector_dim=8",
+                          "ijepa.sigreg_weight=0.25", "ijepa.sigreg_slices=32", "ijepa.evaluate=context", "ijepa.flip_p=1.0",
+                          f"trainer.output_dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=1"])
+    cfg.trainer.limit_train_batches = 1  # an int (one batch): an override would read it as the fraction 1.0
+    pl.seed_everything(0, workers=True, verbose=False)
+    experiment = recipe.build_experiment(cfg)
+    first = _FirstStep()
+    trainer = Trainer(**trainer_kwargs(cfg), callbacks=[*experiment.callbacks, first], logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(experiment.module, experiment.train_loader)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    views = first.batch["views"]
+    assert [tuple(v.shape[-2:]) for v in views] == [(28, 28), (28, 28), (12, 12), (12, 12)]
+    n = len(first.batch["label"])
+    with torch.no_grad():
+        whole = first.encoder.forward_tokens(torch.cat(views[:2])).mean(1)
+        local = first.encoder.forward_tokens(torch.cat(views[2:])).mean(1)
+        expected = invariance_loss(first.projector(torch.cat([whole, local])).reshape(4, n, -1), 2)
+        keep = first.batch["context_idx"].repeat(2, 1)
+        masked = first.encoder.forward_tokens(torch.cat(views[:2]), keep=keep).mean(1)
+        from_contexts = invariance_loss(first.projector(torch.cat([masked, local])).reshape(4, n, -1), 2)
+    assert math.isclose(metrics["train/invariance"], float(expected), rel_tol=1e-4)
+    assert not math.isclose(metrics["train/invariance"], float(from_contexts), rel_tol=1e-2)
+    total = 0.75 * (0.5 * metrics["train/prediction"] + 2.0 * metrics["train/invariance"]) + 0.25 * metrics["train/sigreg"]
+    assert math.isclose(metrics["train/loss"], total, rel_tol=1e-5)
+    assert experiment.encoder is experiment.module.encoder

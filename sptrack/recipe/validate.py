@@ -79,6 +79,12 @@ def fraction(key: str, value: Any, fix: str, zero: bool = True) -> None:
         raise ConfigError(key, f"must be a number in {'[' if zero else '('}0, 1), got {value!r}.", fix)
 
 
+def probability(key: str, value: Any, fix: str) -> None:
+    """``value`` must be a number in ``[0, 1]``."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise ConfigError(key, f"is a probability and must be in [0, 1], got {value!r}.", fix)
+
+
 def non_negative(key: str, value: Any, fix: str) -> None:
     """``value`` must be a finite number >= 0."""
     if not _is_number(value) or value < 0:
