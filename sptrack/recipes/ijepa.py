@@ -95,6 +95,11 @@ class IJEPAConfig:
     blur_p: float = 0.5
     evaluate: str = "context"  # the encoder probed and exported: "target" (the EMA encoder, the paper) or "context"
 
+    @property
+    def invariance_on(self) -> bool:
+        """Whether the invariance term acts: more than one crop in all and a weight above 0."""
+        return self.views + self.local_views > 1 and self.invariance_weight > 0
+
 
 @dataclass
 class Config(RecipeConfig):
@@ -131,7 +136,7 @@ class Config(RecipeConfig):
         integer("ijepa.projector_dim", j.projector_dim, 0, "Use e.g. 64, or 0 for none.")
         non_negative("ijepa.prediction_weight", j.prediction_weight, "Use e.g. 1.")
         non_negative("ijepa.invariance_weight", j.invariance_weight, "Use e.g. 1, or 0 to leave it out.")
-        invariance = j.views + j.local_views > 1 and j.invariance_weight > 0
+        invariance = j.invariance_on
         if j.prediction_weight == 0 and not invariance:
             raise ConfigError("ijepa.prediction_weight", "is 0 and there is no invariance term: only SIGReg would train the encoder.",
                               "Keep it above 0, or set ijepa.views=2 and ijepa.invariance_weight above 0.")
@@ -222,9 +227,7 @@ def build(cfg: Config):
         context = self.encoder.forward_tokens(image, keep=context_idx)  # only context patches enter
         with torch.no_grad():
             full = self.teacher.module.forward_tokens(image)
-            # The online probe learns from the evaluated encoder's embedding of the first crop, with no extra forward
-            # pass: the target encoder's whole crop, or the context encoder's context patches of it.
-            embedding = full[:n].mean(1) if j.evaluate == "target" else context[:n].detach().mean(1)
+            teacher_embedding = full[:n].mean(1)  # the target encoder's whole first crop, before any centring
             if j.center_targets:
                 centered = self.target_center(full)
                 self.target_center.update(full)
@@ -233,13 +236,14 @@ def build(cfg: Config):
         prediction = ijepa_loss(predict_blocks(self.predictor, context, context_idx, target_idx), targets)
         self.log("train/prediction", prediction, batch_size=n)
         loss = j.prediction_weight * prediction
-        pooled = self.encoder.forward_tokens(image).mean(1) if j.regularise == "crop" else context.mean(1)
+        pooled = self.encoder(image) if j.regularise == "crop" else context.mean(1)  # the whole crops, or their contexts
+        # The online probe learns from the evaluated encoder's embedding of the first crop, with no extra forward pass:
+        # the target encoder's whole crop, or the context encoder's pooled crop (or context) the regulariser reads.
+        embedding = teacher_embedding if j.evaluate == "target" else pooled[:n].detach()
         if j.local_views:  # the local crops, unmasked, in one pass of their own size
-            pooled = torch.cat([pooled, self.encoder.forward_tokens(torch.cat(batch["views"][views:])).mean(1)])
-        if j.evaluate == "context" and j.regularise == "crop":
-            embedding = pooled[:n].detach()  # the whole first crop, as the context encoder is evaluated
+            pooled = torch.cat([pooled, self.encoder(torch.cat(batch["views"][views:]))])
         pooled = (self.projector(pooled) if j.projector_dim else pooled).reshape(views + j.local_views, n, -1)
-        if views + j.local_views > 1 and j.invariance_weight > 0:
+        if j.invariance_on:
             invariance = invariance_loss(pooled, views)
             self.log("train/invariance", invariance, batch_size=n)
             loss = loss + j.invariance_weight * invariance
