@@ -113,6 +113,7 @@ CASES = [
     ([IJEPA, "ijepa.flip_p=1.5", "--dry-run"], "ijepa.flip_p", "must be in [0, 1]"),
     ([DINO, "dino.koleo_weight=-0.1", "--dry-run"], "dino.koleo_weight", "finite number >= 0"),
     ([DINO, "model.cnn_depths=(2, 2)", "--dry-run"], "model.cnn_depths", "for each of the 3 stages"),
+    ([DINO, "model.cnn_out_dim=0", "--dry-run"], "model.cnn_out_dim", "integer >= 1"),
     ([DINO, "model.backbone=vit", "data.dataset=image_folder", "data.root=flat", "data.image_size=30", "--dry-run"], "data.image_size",
      "30 is not a multiple of model.patch_size=4. Use e.g. data.image_size=28 or 32."),
     # optim.*

@@ -152,6 +152,18 @@ def test_dino_with_koleo_trains_one_epoch_with_the_stated_loss(tmp_path):
     assert metrics["train/koleo"] != 0 and metrics["train/dino"] > 0
 
 
+def test_dino_cnn_out_dim_is_the_embedding_the_head_and_the_probes_read(tmp_path):
+    """``model.cnn_out_dim``: a linear map of the pooled CNN features is the embedding; the head, the random-init
+    baseline's encoders and the one-epoch run all see that width."""
+    experiment, metrics = _fit_one_epoch("dino", [*COMMON, "model.cnn_widths=(8, 16)", "model.cnn_out_dim=8", "model.out_dim=64",
+                                                  "model.head_hidden_dim=64", "model.bottleneck_dim=16"], tmp_path)
+    images = torch.randn(3, 1, 28, 28)
+    assert experiment.encoder(images).shape == (3, 8) and experiment.encoder_factory()(images).shape == (3, 8)
+    first = next(m for m in experiment.module.student["head"].modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == 8 and experiment.encoder.fc.weight.shape == (8, 16)
+    assert metrics["train/loss"] > 0
+
+
 def test_ijepa_departures_train_one_epoch_with_the_stated_loss(tmp_path):
     """I-JEPA with SIGReg on the pooled context and centred targets: loss = (1 - w) prediction + w SIGReg; the centre is kept."""
     experiment, metrics = _fit_one_epoch("ijepa", [*IJEPA_PAPER, "ijepa.sigreg_weight=0.25", "ijepa.center_targets=True",
