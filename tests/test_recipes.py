@@ -128,17 +128,20 @@ def test_ijepa_runs_under_fsdp2_with_two_processes(tmp_path):
     assert 0.0 <= tracked.data.metrics["final/linear_probe_acc"] <= 1.0
 
 
-def _fit_one_epoch(name: str, overrides: list[str], tmp_path) -> tuple:
-    """The recipe with ``overrides`` fitted for its (one) epoch in this process: (experiment, last logged metrics)."""
+def _fit_one_epoch(name: str, overrides: list[str], tmp_path, callbacks: tuple = (), batches: int | None = None) -> tuple:
+    """The recipe with ``overrides`` fitted for its (one) epoch in this process, with extra ``callbacks`` and at most
+    ``batches`` batches: (experiment, last logged metrics)."""
     from sptrack.module.trainer import Trainer
     from sptrack.recipe.trainer_args import trainer_kwargs
 
     recipe = load_recipe(f"recipes/{name}.py")
     cfg = recipe.default_config()
     apply_overrides(cfg, [*overrides, f"trainer.output_dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=1"])
+    if batches is not None:
+        cfg.trainer.limit_train_batches = batches  # an int (a batch count): an override would read 1 as the fraction 1.0
     pl.seed_everything(0, workers=True, verbose=False)
     experiment = recipe.build_experiment(cfg)
-    trainer = Trainer(**trainer_kwargs(cfg), callbacks=experiment.callbacks, logger=False, enable_checkpointing=False,
+    trainer = Trainer(**trainer_kwargs(cfg), callbacks=[*experiment.callbacks, *callbacks], logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, default_root_dir=str(tmp_path))
     trainer.fit(experiment.module, experiment.train_loader)
     return experiment, {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -212,23 +215,12 @@ def test_ijepa_regularises_the_unmasked_crops_and_local_views(tmp_path):
     local crops (not the masked contexts), through one projector call; loss = (1 - w)(p prediction + a invariance) + w SIGReg;
     the context encoder is evaluated."""
     from sptrack.methods import invariance_loss
-    from sptrack.module.trainer import Trainer
-    from sptrack.recipe.trainer_args import trainer_kwargs
 
-    recipe = load_recipe("recipes/ijepa.py")
-    cfg = recipe.default_config()
-    apply_overrides(cfg, [*TINY["ijepa"], "ijepa.views=2", "ijepa.local_views=2", "ijepa.local_size=12", "ijepa.regularise=crop",
-                          "ijepa.invariance_weight=2.0", "ijepa.prediction_weight=0.5", "ijepa.projector_dim=8",
-                          "ijepa.sigreg_weight=0.25", "ijepa.sigreg_slices=32", "ijepa.evaluate=context", "ijepa.flip_p=1.0",
-                          f"trainer.output_dir={tmp_path}", "trainer.devices=1", "trainer.num_nodes=1"])
-    cfg.trainer.limit_train_batches = 1  # an int (one batch): an override would read it as the fraction 1.0
-    pl.seed_everything(0, workers=True, verbose=False)
-    experiment = recipe.build_experiment(cfg)
     first = _FirstStep()
-    trainer = Trainer(**trainer_kwargs(cfg), callbacks=[*experiment.callbacks, first], logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, default_root_dir=str(tmp_path))
-    trainer.fit(experiment.module, experiment.train_loader)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    experiment, metrics = _fit_one_epoch("ijepa", [*TINY["ijepa"], "ijepa.views=2", "ijepa.local_views=2", "ijepa.local_size=12",
+                                                   "ijepa.regularise=crop", "ijepa.invariance_weight=2.0", "ijepa.prediction_weight=0.5",
+                                                   "ijepa.projector_dim=8", "ijepa.sigreg_weight=0.25", "ijepa.sigreg_slices=32",
+                                                   "ijepa.evaluate=context", "ijepa.flip_p=1.0"], tmp_path, callbacks=(first,), batches=1)
 
     views = first.batch["views"]
     assert [tuple(v.shape[-2:]) for v in views] == [(28, 28), (28, 28), (12, 12), (12, 12)]

@@ -136,14 +136,13 @@ class Config(RecipeConfig):
         integer("ijepa.projector_dim", j.projector_dim, 0, "Use e.g. 64, or 0 for none.")
         non_negative("ijepa.prediction_weight", j.prediction_weight, "Use e.g. 1.")
         non_negative("ijepa.invariance_weight", j.invariance_weight, "Use e.g. 1, or 0 to leave it out.")
-        invariance = j.invariance_on
-        if j.prediction_weight == 0 and not invariance:
+        if j.prediction_weight == 0 and not j.invariance_on:
             raise ConfigError("ijepa.prediction_weight", "is 0 and there is no invariance term: only SIGReg would train the encoder.",
                               "Keep it above 0, or set ijepa.views=2 and ijepa.invariance_weight above 0.")
-        if j.local_views and not (invariance or j.sigreg_weight > 0):
+        if j.local_views and not (j.invariance_on or j.sigreg_weight > 0):
             raise ConfigError("ijepa.local_views", "is set but neither invariance nor SIGReg reads the local crops.",
                               "Set ijepa.local_views=0, or ijepa.invariance_weight above 0.")
-        if j.projector_dim and not (invariance or (j.sigreg_weight > 0 and j.sigreg_on == "pooled")):
+        if j.projector_dim and not (j.invariance_on or (j.sigreg_weight > 0 and j.sigreg_on == "pooled")):
             # An unused projector would also stop DDP, whose reducer expects a gradient for every parameter.
             raise ConfigError("ijepa.projector_dim", "is set but nothing reads the projection (no invariance term, no pooled SIGReg).",
                               "Set ijepa.projector_dim=0, or ijepa.views=2 with ijepa.invariance_weight above 0.")
